@@ -1,0 +1,3 @@
+"""gatewayd: the daemon — CLI, lifecycle and supervision, router, HTTP surface."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,248 @@
+"""The one TOML config file: schema, embedded defaults, validation.
+
+The schema below *is* the embedded default: `gatewayd run` with no `--config` uses it
+as is (HTTP on 127.0.0.1:8080, state under ./var/). A file only overrides keys. Every
+error names the key, and the line where the file sets it, and stops the daemon before
+it touches anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+
+
+def _range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _listen(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT, like 127.0.0.1:8080"
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if host != "localhost":
+            return "host must be an IP address or localhost"
+    return None
+
+
+def _service_codes(v: list) -> str | None:
+    if not v or not all(isinstance(c, str) and re.fullmatch(r"\*\d+(\*\d+)*#", c) for c in v):
+        return "must be a non-empty list of codes like \"*383#\""
+    return None
+
+
+def _site_id(v: str) -> str | None:
+    return None if re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", v) else \
+        "must be 1-32 characters of a-z, 0-9 and '-'"
+
+
+def _nonempty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "site": {
+        "id": Key(str, "site-1", "This box's id upstream; unique per site, never changed.", _site_id),
+        "name": Key(str, "Village box", "A name for operators.", _nonempty),
+    },
+    "store": {
+        "state_dir": Key(str, "var", "Where the database, PIN key and admin socket live. "
+                         "Relative paths are from the working directory.", _nonempty),
+        "synchronous": Key(str, "full", "SQLite synchronous mode: full or extra. Money is "
+                           "involved: 'normal' is not offered.", _choice("full", "extra")),
+        "readers": Key(int, 4, "Read-only connections for reads off the writer.", _range(1, 32)),
+    },
+    "http": {
+        "listen": Key(str, "127.0.0.1:8080", "Where the USSD callback, /healthz listen.", _listen),
+        "max_body_bytes": Key(int, 8192, "Larger requests get 413.", _range(512, 1 << 20)),
+        "reply_timeout_seconds": Key(float, 8.0, "A hop not answered by then gets a polite "
+                                     "END: aggregators give up after 10-15 s.", _range(0.5, 15)),
+        "graceful_seconds": Key(float, 10.0, "On SIGTERM, how long in-flight hops may take.",
+                                _range(0, 60)),
+    },
+    "ussd": {
+        "service_codes": Key(list, ["*383#"], "Codes routed to the lending service.",
+                             _service_codes),
+        "session_idle_seconds": Key(float, 180.0, "A dialog idle this long is forgotten (the "
+                                    "network drops it at about 180 s).", _range(30, 3600)),
+        "text_mode": Key(str, "cumulative", "How the HTTP aggregator sends input: cumulative "
+                         "('1*2*3', Africa's Talking) or per_hop.", _choice("cumulative", "per_hop")),
+    },
+    "rate_limit": {
+        "hops_per_minute": Key(int, 40, "Sustained hops one phone may make.", _range(1, 10000)),
+        "burst": Key(int, 15, "Hops one phone may make at once before the limit bites.",
+                     _range(1, 10000)),
+    },
+    "lending": {
+        "service_name": Key(str, "Mkopo Jirani", "The name on the main menu.",
+                            lambda v: None if 1 <= len(v) <= 20 else "must be 1-20 characters"),
+        "min_amount": Key(int, 10, "Smallest loan, whole Ksh.", _range(1, 250_000)),
+        "max_amount": Key(int, 70_000, "Largest loan, whole Ksh (M-PESA: 250,000 a "
+                          "transaction).", _range(1, 250_000)),
+        "request_ttl_hours": Key(float, 72.0, "A request not answered by then expires.",
+                                 _range(1, 24 * 30)),
+        "max_open_requests": Key(int, 5, "Requests one borrower may have waiting.",
+                                 _range(1, 50)),
+        "default_language": Key(str, "en", "Language before a villager chooses.",
+                                _choice("en", "sw")),
+    },
+    "security": {
+        "pin_attempts": Key(int, 3, "Wrong PINs in a row before the account locks.",
+                            _range(1, 10)),
+        "pin_lock_minutes": Key(float, 30.0, "How long a lock lasts.", _range(1, 7 * 24 * 60)),
+        "pin_hash_log2_n": Key(int, 12, "scrypt cost (2^N); 12 is about 6 ms here.",
+                               _range(10, 20)),
+    },
+    "log": {
+        "level": Key(str, "info", "debug, info, warning or error.",
+                     _choice("debug", "info", "warning", "error")),
+        "format": Key(str, "json", "json (for journald) or console (for a person).",
+                      _choice("json", "console")),
+    },
+}
+
+
+class Section:
+    def __init__(self, name: str, values: dict[str, Any]) -> None:
+        self._name = name
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return f"Section({self._name}, {fields})"
+
+
+class Config:
+    """Attribute access by section: `cfg.http.listen`."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], source: str | None) -> None:
+        self.source = source
+        self.values = values
+        for section, keys in values.items():
+            setattr(self, section, Section(section, keys))
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.store.state_dir, *parts)
+
+    @property
+    def db_path(self) -> str:
+        return self.path("gatewayd.db")
+
+    @property
+    def admin_socket(self) -> str:
+        return self.path("admin.sock")
+
+    @property
+    def pin_key_path(self) -> str:
+        return self.path("pin.key")
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    return {s: {k: (list(key.default) if isinstance(key.default, list) else key.default)
+                for k, key in keys.items()} for s, keys in SCHEMA.items()}
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    """Best effort: the line that sets `section.key` (tomllib keeps no positions)."""
+    current = None
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        m = re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", s)
+        if m:
+            current = m.group(1)
+            if key is None and current == section:
+                return n
+            continue
+        if key is not None and current == section and re.match(
+                rf"^\"?{re.escape(key)}\"?\s*=", s):
+            return n
+    return None
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list"}
+    return names.get(t, str(t)) if isinstance(t, type) else " or ".join(_type_name(x) for x in t)
+
+
+def validate(data: dict[str, Any], text: str = "", source: str = "<config>") -> Config:
+    problems: list[str] = []
+    values = defaults()
+
+    def where(section: str, key: str | None) -> str:
+        line = _line_of(text, section, key) if text else None
+        name = f"{section}.{key}" if key else section
+        return f"{source}:{line}: {name}" if line else f"{source}: {name}"
+
+    for section, table in data.items():
+        if section not in SCHEMA:
+            problems.append(f"{where(section, None)}: unknown section "
+                            f"(known: {', '.join(SCHEMA)})")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{where(section, None)}: must be a table")
+            continue
+        for key, value in table.items():
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                problems.append(f"{where(section, key)}: unknown key "
+                                f"(known: {', '.join(SCHEMA[section])})")
+                continue
+            if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, spec.type) or (isinstance(value, bool) and spec.type is not bool):
+                problems.append(f"{where(section, key)}: must be {_type_name(spec.type)}, "
+                                f"not {value!r}")
+                continue
+            if spec.check and (msg := spec.check(value)):
+                problems.append(f"{where(section, key)}: {msg} (got {value!r})")
+                continue
+            values[section][key] = value
+    if not problems and values["lending"]["min_amount"] > values["lending"]["max_amount"]:
+        problems.append(f"{where('lending', 'min_amount')}: must not exceed lending.max_amount")
+    if problems:
+        raise ConfigError(problems)
+    return Config(values, source)
+
+
+def load(path: str | None) -> Config:
+    """The file at `path`, or the embedded default when `path` is None."""
+    if path is None:
+        return Config(defaults(), None)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    return validate(data, text, path)

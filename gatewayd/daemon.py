@@ -1,0 +1,214 @@
+"""`gatewayd run`: one root nursery, supervised tasks, graceful stop.
+
+Order matters at both ends. Start: store (migrations) -> dialogs restored -> HTTP and
+admin listeners -> READY. Stop (SIGTERM/SIGINT): STOPPING -> listeners stop accepting
+-> in-flight hops finish (bounded by http.graceful_seconds) -> background tasks are
+cancelled -> the store writer drains its queue, checkpoints the WAL and closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from gatewayd import __version__, config as config_mod, logs, metrics
+from gatewayd.admin import AdminApp
+from gatewayd.http import HttpApp
+from gatewayd.ratelimit import RateLimiter
+from gatewayd.router import Router
+from gatewayd.sdnotify import Notifier
+from gatewayd.supervisor import Supervisor, at_once
+from gatewayd.ussd import UssdService
+from menus import lending as app
+from menus.dialogs import TextMode
+from menus.texts import load_all
+from store import pins
+from store.writer import Store
+
+log = logs.get("gatewayd")
+
+SWEEP_SECONDS = 30.0
+
+
+def settings_from(cfg: config_mod.Config) -> app.Settings:
+    return app.Settings(
+        site=cfg.site.id, service=cfg.lending.service_name, short_code=cfg.ussd.service_codes[0],
+        min_cents=cfg.lending.min_amount * 100, max_cents=cfg.lending.max_amount * 100,
+        request_ttl=cfg.lending.request_ttl_hours * 3600,
+        max_open_requests=cfg.lending.max_open_requests,
+        pin_attempts=cfg.security.pin_attempts,
+        pin_lock_seconds=cfg.security.pin_lock_minutes * 60,
+        default_lang=cfg.lending.default_language)
+
+
+def _hypercorn_config(bind: str, graceful: float) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = [bind]
+    hc.graceful_timeout = graceful
+    hc.accesslog = None        # hops are logged by us, with numbers masked
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = 30
+    return hc
+
+
+def _clear_stale_socket(path: str) -> None:
+    """A socket file left by a killed daemon blocks the bind; a live one must not be stolen."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise RuntimeError(f"another gatewayd is serving {path}")
+    finally:
+        probe.close()
+
+
+class Daemon:
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self.supervisor = Supervisor()
+        self.notifier = Notifier()
+        self.stop = trio.Event()
+        self.started_at = time.time()
+        self.store: Store | None = None
+        self.ussd: UssdService | None = None
+        self.http_port: int | None = None
+
+    # -- health, status, metrics ------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        store_ok = self.store is not None and self.store.last_error is None
+        parts = {name: t.state for name, t in self.supervisor.tasks.items()}
+        parts["store"] = "ok" if store_ok else f"failing: {self.store and self.store.last_error}"
+        ok = store_ok and self.supervisor.healthy() and not self.stop.is_set()
+        return ok, {"status": "ok" if ok else "failing", "parts": parts, "version": __version__}
+
+    def status(self) -> dict[str, Any]:
+        ok, health = self.health()
+        assert self.ussd is not None and self.store is not None
+        return {**health, "site": self.cfg.site.id, "uptime_seconds": round(time.time() - self.started_at),
+                "dialogs_open": len(self.ussd.dialogs), "hops": self.ussd.stats.hops,
+                "rate_limited": self.ussd.stats.rate_limited,
+                "store": {"transactions": self.store.stats.transactions,
+                          "commits": self.store.stats.commits,
+                          "failed_commits": self.store.stats.failed_commits,
+                          "max_group": self.store.stats.max_group},
+                "tasks": {n: vars(t) for n, t in self.supervisor.tasks.items()}}
+
+    # -- run ------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        os.makedirs(cfg.store.state_dir, mode=0o700, exist_ok=True)
+        pin_key = pins.load_or_create_key(cfg.pin_key_path)
+        texts = load_all()
+        async with Store.open(cfg.db_path, synchronous=cfg.store.synchronous.upper(),
+                              readers=cfg.store.readers) as store:
+            self.store = store
+            self.ussd = ussd = UssdService(
+                store, settings_from(cfg), texts, pin_key, cfg.security.pin_hash_log2_n,
+                Router({code: "lending" for code in cfg.ussd.service_codes}),
+                RateLimiter(cfg.rate_limit.hops_per_minute, cfg.rate_limit.burst),
+                cfg.ussd.session_idle_seconds)
+            restored = await ussd.restore()
+            http_app = HttpApp(ussd, TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes,
+                               self.health, lambda: metrics.render(self))
+            admin_app = AdminApp(store, ussd.settings, lambda: ussd.texts, self.status)
+            _clear_stale_socket(cfg.admin_socket)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signals)
+                http_done = trio.Event()
+                await nursery.start(self.supervisor.run, "http",
+                                    self._server(http_app, cfg.http.listen, http_done, True))
+                admin_done = trio.Event()
+                await nursery.start(self.supervisor.run, "admin", self._server(
+                    admin_app, f"unix:{cfg.admin_socket}", admin_done, False))
+                os.chmod(cfg.admin_socket, 0o600)
+                await nursery.start(self.supervisor.run, "sweeper", at_once(self._sweeper))
+                nursery.start_soon(self.notifier.watchdog_loop)
+
+                await self.notifier.notify("READY=1", f"STATUS=serving {', '.join(cfg.ussd.service_codes)}")
+                log.info("gatewayd_ready", version=__version__, listen=cfg.http.listen,
+                         port=self.http_port, state_dir=os.path.abspath(cfg.store.state_dir),
+                         dialogs_restored=restored, config=cfg.source or "<embedded default>")
+                task_status.started(self)
+
+                await self.stop.wait()
+                await self.notifier.notify("STOPPING=1")
+                log.info("gatewayd_stopping")
+                with trio.move_on_after(cfg.http.graceful_seconds + 1):
+                    await http_done.wait()
+                    await ussd.drained()
+                nursery.cancel_scope.cancel()
+        log.info("gatewayd_stopped")
+
+    def _server(self, asgi: Any, bind: str, done: trio.Event, public: bool) -> Any:
+        hc = _hypercorn_config(bind, self.cfg.http.graceful_seconds)
+
+        async def serve(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                async with trio.open_nursery() as n:
+                    binds = await n.start(_serve_hypercorn, asgi, hc, self.stop)
+                    if public and binds:
+                        self.http_port = int(binds[0].rsplit(":", 1)[1])
+                    task_status.started()
+            finally:
+                if self.stop.is_set():
+                    done.set()
+        return serve
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                    continue
+                log.info("signal_received", signal=signal.Signals(signum).name)
+                self.stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; apply texts and rate limits now, report the rest."""
+        if self.cfg.source is None or self.ussd is None:
+            log.info("reload_skipped", reason="running on the embedded default")
+            return
+        try:
+            new = config_mod.load(self.cfg.source)
+        except config_mod.ConfigError as e:
+            log.error("reload_failed", problems=e.problems)
+            return
+        self.ussd.texts = load_all()
+        self.ussd.limiter.rate = new.rate_limit.hops_per_minute / 60.0
+        self.ussd.limiter.burst = float(new.rate_limit.burst)
+        changed = [f"{s}.{k}" for s, keys in new.values.items() for k, v in keys.items()
+                   if self.cfg.values[s][k] != v and s != "rate_limit"]
+        log.info("reloaded", applied=["texts", "rate_limit"],
+                 needs_restart=changed)
+
+    async def _sweeper(self) -> None:
+        assert self.ussd is not None
+        while True:
+            await trio.sleep(SWEEP_SECONDS)
+            await self.ussd.sweep()
+
+
+async def _serve_hypercorn(asgi: Any, hc: hypercorn.config.Config, stop: trio.Event,
+                           task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    await hypercorn.trio.serve(asgi, hc, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+def run(cfg: config_mod.Config) -> int:
+    logs.setup(cfg.log.level, cfg.log.format)
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(Daemon(cfg).run)
+    return 0

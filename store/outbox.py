@@ -1,0 +1,93 @@
+"""Side effects waiting for delivery: SMS to send and M-PESA actions to execute.
+
+Both are written in the transaction that decided them (transactional outbox) and
+carry an idempotency key made here, so a dispatcher may deliver at least once and the
+receiver can still apply exactly once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from typing import Any
+
+from store import changelog
+
+# An SMS that could not go out within a day tells the villager something stale.
+SMS_TTL_SECONDS = 24 * 3600
+
+MPESA_KINDS = {"loan_funding": "stk_push", "loan_payout": "b2c",
+               "repayment": "stk_push", "repayment_forward": "b2c",
+               "lender_refund": "b2c"}
+
+
+def new_key(site: str, prefix: str) -> str:
+    return f"{site}-{prefix}-{secrets.token_hex(6)}"
+
+
+def queue_sms(conn: sqlite3.Connection, site: str, msisdn: str, body: str, now: float,
+              ttl: float = SMS_TTL_SECONDS) -> int:
+    key = new_key(site, "sms")
+    cur = conn.execute(
+        "INSERT INTO sms_outbox (key, msisdn, body, expires_at, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)", (key, msisdn, body, now + ttl, now, now),
+    )
+    changelog.record(conn, "sms", key, "queued",
+                     {"key": key, "msisdn": msisdn, "body": body, "state": "queued",
+                      "created_at": now}, now)
+    return int(cur.lastrowid)
+
+
+def queue_mpesa(conn: sqlite3.Connection, site: str, purpose: str, loan_id: int,
+                loan_ref: str, msisdn: str, amount_cents: int, now: float) -> str:
+    kind = MPESA_KINDS[purpose]
+    key = new_key(site, "mp")
+    conn.execute(
+        "INSERT INTO mpesa_actions (key, kind, purpose, loan_id, msisdn, amount_cents, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (key, kind, purpose, loan_id, msisdn, amount_cents, now, now),
+    )
+    changelog.record(conn, "mpesa_action", key, "queued", _action_payload(
+        conn.execute("SELECT * FROM mpesa_actions WHERE key = ?", (key,)).fetchone(),
+        loan_ref), now)
+    return key
+
+
+def _action_payload(row: sqlite3.Row, loan_ref: str) -> dict[str, Any]:
+    return {
+        "key": row["key"], "kind": row["kind"], "purpose": row["purpose"],
+        "loan_ref": loan_ref, "msisdn": row["msisdn"], "amount_cents": row["amount_cents"],
+        "state": row["state"], "receipt": row["receipt"], "result_code": row["result_code"],
+        "result_desc": row["result_desc"], "updated_at": row["updated_at"],
+    }
+
+
+def action_changed(conn: sqlite3.Connection, key: str, now: float) -> None:
+    row = conn.execute(
+        "SELECT a.*, l.ref AS loan_ref FROM mpesa_actions a JOIN loans l ON l.id = a.loan_id "
+        "WHERE a.key = ?", (key,)).fetchone()
+    changelog.record(conn, "mpesa_action", key, row["state"],
+                     _action_payload(row, row["loan_ref"]), now)
+
+
+def mpesa_actions(conn: sqlite3.Connection, state: str | None = None,
+                  limit: int = 100) -> list[dict[str, Any]]:
+    sql = ("SELECT a.key, a.kind, a.purpose, l.ref AS loan_ref, a.msisdn, a.amount_cents, "
+           "a.state, a.receipt, a.result_code, a.created_at, a.updated_at "
+           "FROM mpesa_actions a JOIN loans l ON l.id = a.loan_id")
+    args: tuple = ()
+    if state:
+        sql += " WHERE a.state = ?"
+        args = (state,)
+    sql += " ORDER BY a.id DESC LIMIT ?"
+    return [dict(r) for r in conn.execute(sql, args + (limit,))]
+
+
+def sms_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT state, COUNT(*) FROM sms_outbox GROUP BY state")}
+
+
+def mpesa_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT state, COUNT(*) FROM mpesa_actions GROUP BY state")}
