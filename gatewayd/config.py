@@ -81,8 +81,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "http": {
         "listen": Key(str, "127.0.0.1:8080", "Where the USSD callback, /healthz listen.", _listen),
         "max_body_bytes": Key(int, 8192, "Larger requests get 413.", _range(512, 1 << 20)),
-        "reply_timeout_seconds": Key(float, 8.0, "A hop not answered by then gets a polite "
-                                     "END: aggregators give up after 10-15 s.", _range(0.5, 15)),
         "graceful_seconds": Key(float, 10.0, "On SIGTERM, how long in-flight hops may take.",
                                 _range(0, 60)),
     },

@@ -1,0 +1,98 @@
+"""Config: the embedded default, the example file, and errors that name the key."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from gatewayd import config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "gatewayd.example.toml"
+
+
+def test_embedded_default_is_local_and_needs_nothing():
+    cfg = config.load(None)
+    assert cfg.http.listen == "127.0.0.1:8080"
+    assert cfg.store.state_dir == "var"
+    assert cfg.db_path == "var/gatewayd.db"
+    assert cfg.ussd.service_codes == ["*383#"]
+
+
+def test_example_documents_every_key_and_matches_the_defaults():
+    data = tomllib.loads(EXAMPLE.read_text())
+    for section, keys in config.SCHEMA.items():
+        assert section in data, f"example lacks [{section}]"
+        for key, spec in keys.items():
+            assert key in data[section], f"example lacks {section}.{key}"
+            assert data[section][key] == spec.default, f"{section}.{key} differs from the default"
+    assert config.load(str(EXAMPLE)).values == config.defaults()
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "g.toml"
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[http]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n", ":3: http.lisen: unknown key"),
+    ("[htp]\nlisten = 1\n", ":1: htp: unknown section"),
+    ("[http]\n\nmax_body_bytes = \"big\"\n", ":3: http.max_body_bytes: must be an integer"),
+    ("[http]\nlisten = \"8080\"\n", ":2: http.listen: must be HOST:PORT"),
+    ("[http]\nlisten = \"example.com:80\"\n", "http.listen: host must be an IP address"),
+    ("[ussd]\nservice_codes = [\"383\"]\n", "ussd.service_codes: must be a non-empty list"),
+    ("[store]\nsynchronous = \"normal\"\n", "store.synchronous: must be one of full, extra"),
+    ("[security]\npin_attempts = 0\n", "security.pin_attempts: must be between 1 and 10"),
+    ("[security]\npin_attempts = true\n", "security.pin_attempts: must be an integer"),
+    ("[lending]\nmin_amount = 500\nmax_amount = 100\n", "lending.min_amount: must not exceed"),
+    ("[site]\nid = \"Site One\"\n", "site.id: must be 1-32 characters"),
+    ("[http\nlisten=1", "not valid TOML"),
+])
+def test_bad_values_name_the_key_and_line(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert any(expected in p for p in e.value.problems), e.value.problems
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = _write(tmp_path, "[http]\nlisten = 1\n[log]\nlevel = \"loud\"\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert len(e.value.problems) == 2
+
+
+def test_integer_accepted_where_a_number_is_expected(tmp_path):
+    cfg = config.load(_write(tmp_path, "[ussd]\nsession_idle_seconds = 120\n"))
+    assert cfg.ussd.session_idle_seconds == 120.0
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        config.load(str(tmp_path / "nope.toml"))
+
+
+def _gatewayd(*args):
+    return subprocess.run([sys.executable, "-m", "gatewayd", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_check_config_command(tmp_path):
+    ok = _gatewayd("check-config", str(EXAMPLE))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    bad = _gatewayd("check-config", _write(tmp_path, "[http]\nlisen = 1\n"))
+    assert bad.returncode == 2
+    assert "http.lisen: unknown key" in bad.stderr
+
+
+def test_run_refuses_a_bad_config_before_touching_anything(tmp_path):
+    path = _write(tmp_path, f"[store]\nstate_dir = \"{tmp_path / 'state'}\"\n[http]\nlisten = 5\n")
+    r = _gatewayd("run", "--config", path)
+    assert r.returncode == 2
+    assert "http.listen" in r.stderr
+    assert not (tmp_path / "state").exists()
