@@ -1,0 +1,123 @@
+"""The HTTP channel against bad input, floods and shutdown, through the real daemon."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from tests.daemon_proc import DaemonProcess, Phone
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = DaemonProcess(tmp_path_factory.mktemp("http"),
+                      extra_config="[rate_limit]\nhops_per_minute = 6\nburst = 4\n").start()
+    yield d
+    assert d.stop() == 0
+
+
+def post(d, data=None, **kw):
+    return httpx.post(d.url, data=data, timeout=10, **kw)
+
+
+FORM = {"sessionId": "s-1", "serviceCode": "*383#", "phoneNumber": "0733000001",
+        "networkCode": "63902", "text": ""}
+
+
+@pytest.mark.parametrize("missing", ["sessionId", "serviceCode", "phoneNumber"])
+def test_missing_field_is_a_400_that_names_it(daemon, missing):
+    r = post(daemon, {k: v for k, v in FORM.items() if k != missing})
+    assert r.status_code == 400 and missing in r.text
+
+
+def test_wrong_method_content_type_and_size(daemon):
+    assert httpx.get(daemon.url).status_code == 405
+    r = post(daemon, content=json.dumps(FORM), headers={"content-type": "application/json"})
+    assert r.status_code == 415 and "x-www-form-urlencoded" in r.text
+    r = post(daemon, {**FORM, "text": "1" * 20000})
+    assert r.status_code == 413
+    r = post(daemon, content=b"sessionId=%ZZ&&&==", headers={
+        "content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400
+    r = post(daemon, content=b"\xff\xfe", headers={
+        "content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "malformed" in r.text
+    r = post(daemon, content=b"sessionId=a&sessionId=b&serviceCode=*383%23&phoneNumber=0733000001")
+    assert r.status_code == 400 and "given 2 times" in r.text
+    assert httpx.get(daemon.base + "/nope").status_code == 404
+
+
+def test_unknown_code_and_foreign_caller_get_a_polite_end(daemon):
+    r = post(daemon, {**FORM, "sessionId": "s-2", "serviceCode": "*999#"})
+    assert r.status_code == 200 and r.text.startswith("END ") and "not served here" in r.text
+    r = post(daemon, {**FORM, "sessionId": "s-3", "phoneNumber": "+12025550100"})
+    assert r.status_code == 200 and r.text.startswith("END ")
+
+
+def test_a_flooding_phone_is_limited_and_others_are_not(daemon):
+    flooder = Phone(daemon, "0733000002")
+    replies = [flooder.dial() for _ in range(8)]
+    assert replies[0].startswith("CON ")
+    assert replies[-1].startswith("END Too many requests")
+    assert Phone(daemon, "0733000003").dial().startswith("CON ")
+
+
+def test_healthz_and_metrics(daemon):
+    r = httpx.get(daemon.base + "/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["parts"]["store"] == "ok"
+    assert body["parts"]["http"] == "running"
+    Phone(daemon, "0733000004").dial()
+    m = httpx.get(daemon.base + "/metrics").text
+    assert "gatewayd_ussd_hop_seconds_count" in m
+    count = [ln for ln in m.splitlines() if ln.startswith("gatewayd_ussd_hop_seconds_count")]
+    assert int(count[0].split()[1]) >= 1
+    assert 'gatewayd_task_up{task="http"} 1' in m
+
+
+def test_end_notification_closes_the_dialog(daemon):
+    p = Phone(daemon, "0733000005")
+    p.dial()
+    r = httpx.post(daemon.base + "/ussd/end", data={
+        "sessionId": p.session, "status": "Incomplete", "phoneNumber": "0733000005",
+        "serviceCode": "*383#", "hopsCount": "1", "durationInMillis": "900"})
+    assert r.status_code == 200
+    ev = [e for e in daemon.events("ussd_end_notice") if e["session"] == p.session[-12:]]
+    assert ev and ev[-1]["known"] is True
+    assert httpx.post(daemon.base + "/ussd/end", data={}).status_code == 400
+
+
+def test_raw_garbage_on_the_socket_does_not_stop_service(daemon):
+    with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+        s.sendall(b"\x00\x01GARBAGE\r\n\r\n" * 10)
+        s.settimeout(5)
+        try:
+            s.recv(100)
+        except OSError:
+            pass
+    assert Phone(daemon, "0733000006").dial().startswith("CON ")
+
+
+def test_sd_notify_ready_watchdog_and_stopping(tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(sock_path)
+    srv.settimeout(20)
+    d = DaemonProcess(tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"})
+    d.start()
+    try:
+        got: list[str] = []
+        while not ("READY=1" in got and got.count("WATCHDOG=1") >= 2):
+            got += srv.recv(4096).decode().split("\n")
+    finally:
+        assert d.stop() == 0
+    while "STOPPING=1" not in got:
+        got += srv.recv(4096).decode().split("\n")
+    srv.close()
+    assert got.index("READY=1") < got.index("STOPPING=1")
