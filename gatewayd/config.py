@@ -51,6 +51,15 @@ def _listen(v: str) -> str | None:
     return None
 
 
+def _networks(v: list) -> str | None:
+    try:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+    except (TypeError, ValueError):
+        return "must be a list of addresses or networks, like [\"127.0.0.1/32\", \"196.201.214.0/24\"]"
+    return None
+
+
 def _service_codes(v: list) -> str | None:
     if not v or not all(isinstance(c, str) and re.fullmatch(r"\*\d+(\*\d+)*#", c) for c in v):
         return "must be a non-empty list of codes like \"*383#\""
@@ -80,6 +89,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "http": {
         "listen": Key(str, "127.0.0.1:8080", "Where the USSD callback, /healthz listen.", _listen),
+        "allow_from": Key(list, ["127.0.0.0/8", "::1/128"], "Client networks allowed to post "
+                          "hops; others get 403. Add your aggregator's addresses: a USSD "
+                          "callback trusts the phone number it is given.", _networks),
         "max_body_bytes": Key(int, 8192, "Larger requests get 413.", _range(512, 1 << 20)),
         "graceful_seconds": Key(float, 10.0, "On SIGTERM, how long in-flight hops may take.",
                                 _range(0, 60)),

@@ -122,7 +122,8 @@ class Daemon:
                 cfg.ussd.session_idle_seconds)
             restored = await ussd.restore()
             http_app = HttpApp(ussd, TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes,
-                               self.health, lambda: metrics.render(self))
+                               self.health, lambda: metrics.render(self),
+                               cfg.http.allow_from)
             admin_app = AdminApp(store, ussd.settings, lambda: ussd.texts, self.status)
             _clear_stale_socket(cfg.admin_socket)
 

@@ -9,6 +9,7 @@ networkCode, text`; answer `text/plain` starting `CON ` (continue) or `END ` (cl
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,7 +36,10 @@ class BadRequest(Exception):
 class HttpApp:
     def __init__(self, ussd: UssdService, text_mode: TextMode, max_body: int,
                  health: Callable[[], tuple[bool, dict[str, Any]]],
-                 metrics: Callable[[], Awaitable[str]]) -> None:
+                 metrics: Callable[[], Awaitable[str]],
+                 allow_from: list[str] | None = None) -> None:
+        self.allow_from = [ipaddress.ip_network(n, strict=False)
+                           for n in (allow_from or ["0.0.0.0/0", "::/0"])]
         self.ussd = ussd
         self.text_mode = text_mode
         self.max_body = max_body
@@ -50,6 +54,8 @@ class HttpApp:
             return
         method, path = scope["method"], scope["path"]
         try:
+            if path.startswith("/ussd"):
+                self._check_client(scope)
             if path == "/ussd":
                 _method(method, "POST")
                 form = await _read_form(scope, receive, self.max_body)
@@ -71,6 +77,16 @@ class HttpApp:
         except BadRequest as e:
             log.info("http_rejected", path=path, status=e.status, reason=str(e))
             await respond(send, e.status, f"{e}\n")
+
+    def _check_client(self, scope: Scope) -> None:
+        # The callback believes the phoneNumber it is given: only the aggregator may post.
+        client = (scope.get("client") or ("", 0))[0]
+        try:
+            addr = ipaddress.ip_address(client)
+        except ValueError:
+            raise BadRequest(403, "client address unknown") from None
+        if not any(addr in net for net in self.allow_from):
+            raise BadRequest(403, f"client {client} is not in http.allow_from")
 
     async def _ussd(self, form: dict[str, str], send: Send) -> None:
         for name in ("sessionId", "serviceCode", "phoneNumber"):
