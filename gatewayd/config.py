@@ -71,6 +71,14 @@ def _site_id(v: str) -> str | None:
         "must be 1-32 characters of a-z, 0-9 and '-'"
 
 
+def _service_name(v: str) -> str | None:
+    from menus.gsm0338 import is_gsm7
+    if not 1 <= len(v) <= 20:
+        return "must be 1-20 characters"
+    # One character outside GSM-7 would turn every main menu into UCS-2 (80 characters).
+    return None if is_gsm7(v) else "must use only GSM 03.38 (GSM-7) characters"
+
+
 def _nonempty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
@@ -110,8 +118,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      _range(1, 10000)),
     },
     "lending": {
-        "service_name": Key(str, "Mkopo Jirani", "The name on the main menu.",
-                            lambda v: None if 1 <= len(v) <= 20 else "must be 1-20 characters"),
+        "service_name": Key(str, "Mkopo Jirani", "The name on the main menu.", _service_name),
         "min_amount": Key(int, 10, "Smallest loan, whole Ksh.", _range(1, 250_000)),
         "max_amount": Key(int, 70_000, "Largest loan, whole Ksh (M-PESA: 250,000 a "
                           "transaction).", _range(1, 250_000)),

@@ -2,7 +2,9 @@
 
 Accounts (positive = debit):
 - `loan:<ref>`   what the borrower still owes on that loan;
-- `lender:<ref>` the lender's mirror claim on it (always the negative of the above);
+- `lender:<ref>` the lender's claim on it: minus the principal, plus each repayment
+                 once it has been forwarded to the lender (so it lags `loan:<ref>`
+                 while a forward is in flight);
 - `mpesa`        money seen moving through M-PESA on the villagers' behalf;
 - `escrow:<ref>` a lender's money collected for a loan and not yet paid out.
 Balances are derived from postings, never stored; every ledger transaction sums to zero.

@@ -261,8 +261,10 @@ def answer_request(conn: sqlite3.Connection, site: str, loan_id: int, lender_id:
     if row is None or row["lender_id"] != lender_id:
         raise LendingError("not_yours")
     if row["state"] == "requested" and row["expires_at"] <= now:
-        _expire(conn, row, now)
-        raise LendingError("loan_state", state="expired")
+        # Committed with the caller's reply, so the sweep will not see it again: the
+        # borrower's notice travels with the error.
+        notice = _expire(conn, row, now)
+        raise LendingError("loan_state", state="expired", notices=[notice])
     if approve:
         row = _set_state(conn, loan_id, ("requested",), "approved", now)
         outbox.queue_mpesa(conn, site, "loan_funding", loan_id, row["ref"], row["lender_msisdn"],

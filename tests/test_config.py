@@ -96,3 +96,8 @@ def test_run_refuses_a_bad_config_before_touching_anything(tmp_path):
     assert r.returncode == 2
     assert "http.listen" in r.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_service_name_must_stay_gsm7(tmp_path):
+    with pytest.raises(config.ConfigError, match="lending.service_name: must use only GSM"):
+        config.load(_write(tmp_path, '[lending]\nservice_name = "Mkopo ✓"\n'))
