@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from gatewayd import logs
 from gatewayd.asgi import Receive, Scope, Send, lifespan, respond
 from menus import lending as app
-from store import lending, outbox
+from store import outbox, settlement
 from store.lending import LendingError
 from store.writer import Store
 
@@ -31,7 +31,7 @@ def resolve_job(conn: Any, settings: app.Settings, texts: dict, key: str, succee
                 receipt: str | None, code: str | None, reason: str | None) -> bool:
     """Apply one M-PESA result with the SMS it causes, in one transaction."""
     now = time.time()
-    applied, notices = lending.apply_mpesa_result(
+    applied, notices = settlement.apply_mpesa_result(
         conn, settings.site, key, succeeded, now, receipt=receipt, result_code=code,
         result_desc=reason)
     ctx = app.Ctx(conn=conn, msisdn="", now=now, settings=settings, texts=texts)

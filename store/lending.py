@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from store import changelog, ledger, outbox
+from store import changelog, outbox
 
 OPEN_ACTION_STATES = ("queued", "sent", "unknown")
 FINAL_LOAN_STATES = ("repaid", "declined", "expired", "failed")
@@ -185,7 +185,7 @@ def _loan_changed(conn: sqlite3.Connection, loan_id: int, now: float) -> sqlite3
     return row
 
 
-def _set_state(conn: sqlite3.Connection, loan_id: int, frm: tuple[str, ...], to: str,
+def set_state(conn: sqlite3.Connection, loan_id: int, frm: tuple[str, ...], to: str,
                now: float) -> sqlite3.Row:
     marks = ",".join("?" * len(frm))
     cur = conn.execute(
@@ -218,10 +218,10 @@ def request_loan(conn: sqlite3.Connection, borrower: User, lender_msisdn: str,
         (_new_ref(conn), borrower.id, lender_id, principal_cents, instalment_cents,
          now + ttl, now, now)).lastrowid)
     row = _loan_changed(conn, loan_id, now)
-    return row, [Notice(lender_msisdn, "loan_requested", _loan_params(row))]
+    return row, [Notice(lender_msisdn, "loan_requested", loan_params(row))]
 
 
-def _loan_params(row: sqlite3.Row) -> dict[str, Any]:
+def loan_params(row: sqlite3.Row) -> dict[str, Any]:
     return {"ref": row["ref"], "amount": row["principal_cents"],
             "instalment": row["instalment_cents"],
             "borrower_name": row["borrower_name"], "borrower": row["borrower_msisdn"],
@@ -266,17 +266,17 @@ def answer_request(conn: sqlite3.Connection, site: str, loan_id: int, lender_id:
         notice = _expire(conn, row, now)
         raise LendingError("loan_state", state="expired", notices=[notice])
     if approve:
-        row = _set_state(conn, loan_id, ("requested",), "approved", now)
+        row = set_state(conn, loan_id, ("requested",), "approved", now)
         outbox.queue_mpesa(conn, site, "loan_funding", loan_id, row["ref"], row["lender_msisdn"],
                            row["principal_cents"], now)
-        return row, [Notice(row["borrower_msisdn"], "loan_approved", _loan_params(row))]
-    row = _set_state(conn, loan_id, ("requested",), "declined", now)
-    return row, [Notice(row["borrower_msisdn"], "loan_declined", _loan_params(row))]
+        return row, [Notice(row["borrower_msisdn"], "loan_approved", loan_params(row))]
+    row = set_state(conn, loan_id, ("requested",), "declined", now)
+    return row, [Notice(row["borrower_msisdn"], "loan_declined", loan_params(row))]
 
 
 def _expire(conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> Notice:
-    row = _set_state(conn, row["id"], ("requested",), "expired", now)
-    return Notice(row["borrower_msisdn"], "loan_expired", _loan_params(row))
+    row = set_state(conn, row["id"], ("requested",), "expired", now)
+    return Notice(row["borrower_msisdn"], "loan_expired", loan_params(row))
 
 
 def expire_requests(conn: sqlite3.Connection, now: float, limit: int = 500) -> list[Notice]:
@@ -299,79 +299,6 @@ def start_repayment(conn: sqlite3.Connection, site: str, loan_id: int, borrower_
     key = outbox.queue_mpesa(conn, site, "repayment", loan_id, row["ref"], row["borrower_msisdn"],
                              amount_cents, now)
     return row, key
-
-
-# -- M-PESA results ------------------------------------------------------------------
-
-def apply_mpesa_result(conn: sqlite3.Connection, site: str, key: str, succeeded: bool,
-                       now: float, receipt: str | None = None, result_code: str | None = None,
-                       result_desc: str | None = None) -> tuple[bool, list[Notice]]:
-    """Settle an action once. Returns (applied, notices); a result for an action already
-    settled is ignored (results arrive twice), and so is one for an unknown key."""
-    action = conn.execute("SELECT * FROM mpesa_actions WHERE key = ?", (key,)).fetchone()
-    if action is None:
-        raise LendingError("unknown_action")
-    if action["state"] not in OPEN_ACTION_STATES:
-        return False, []
-    state = "succeeded" if succeeded else "failed"
-    conn.execute("UPDATE mpesa_actions SET state = ?, receipt = ?, result_code = ?, "
-                 "result_desc = ?, updated_at = ? WHERE id = ?",
-                 (state, receipt, result_code, result_desc, now, action["id"]))
-    outbox.action_changed(conn, key, now)
-    loan = get_loan(conn, action["loan_id"])
-    assert loan is not None
-    ref, amount, purpose = loan["ref"], action["amount_cents"], action["purpose"]
-    params = {**_loan_params(loan), "paid": amount, "receipt": receipt or "",
-              "reason": result_desc or result_code or ""}
-    b, k = loan["borrower_id"], loan["lender_id"]
-    notices: list[Notice] = []
-
-    def post(kind: str, postings: list[tuple[str, int, int | None]]) -> None:
-        ledger.post(conn, kind, postings, now, loan_id=loan["id"], loan_ref=ref, receipt=receipt)
-
-    if purpose == "loan_funding":
-        if succeeded:
-            post("funding_collected", [("mpesa", amount, k), (f"escrow:{ref}", -amount, None)])
-            _set_state(conn, loan["id"], ("approved",), "funded", now)
-            outbox.queue_mpesa(conn, site, "loan_payout", loan["id"], ref,
-                               loan["borrower_msisdn"], amount, now)
-        else:
-            _set_state(conn, loan["id"], ("approved",), "failed", now)
-            notices += [Notice(loan["lender_msisdn"], "funding_failed_lender", params),
-                        Notice(loan["borrower_msisdn"], "funding_failed_borrower", params)]
-    elif purpose == "loan_payout":
-        if succeeded:
-            post("payout", [(f"escrow:{ref}", amount, None), ("mpesa", -amount, b)])
-            # The debt itself; each villager already sees the money move above.
-            post("disbursement", [(f"loan:{ref}", amount, None), (f"lender:{ref}", -amount, None)])
-            _set_state(conn, loan["id"], ("funded",), "active", now)
-            notices += [Notice(loan["borrower_msisdn"], "loan_active_borrower", params),
-                        Notice(loan["lender_msisdn"], "loan_active_lender", params)]
-        else:
-            _set_state(conn, loan["id"], ("funded",), "failed", now)
-            outbox.queue_mpesa(conn, site, "lender_refund", loan["id"], ref,
-                               loan["lender_msisdn"], amount, now)
-            notices += [Notice(loan["lender_msisdn"], "payout_failed_lender", params),
-                        Notice(loan["borrower_msisdn"], "funding_failed_borrower", params)]
-    elif purpose == "repayment":
-        if succeeded:
-            post("repayment", [("mpesa", amount, None), (f"loan:{ref}", -amount, b)])
-            outbox.queue_mpesa(conn, site, "repayment_forward", loan["id"], ref,
-                               loan["lender_msisdn"], amount, now)
-            left = ledger.balance(conn, f"loan:{ref}")
-            if left <= 0 and loan["state"] == "active":
-                _set_state(conn, loan["id"], ("active",), "repaid", now)
-            notices += [Notice(loan["borrower_msisdn"], "repaid_borrower", {**params, "balance": left}),
-                        Notice(loan["lender_msisdn"], "repaid_lender", {**params, "balance": left})]
-        else:
-            notices.append(Notice(loan["borrower_msisdn"], "repayment_failed", params))
-    elif purpose == "repayment_forward":
-        if succeeded:
-            post("repayment_forwarded", [(f"lender:{ref}", amount, k), ("mpesa", -amount, None)])
-    elif purpose == "lender_refund":
-        if succeeded:
-            post("lender_refund", [(f"escrow:{ref}", amount, None), ("mpesa", -amount, k)])
-    return True, notices
 
 
 # -- views ---------------------------------------------------------------------------

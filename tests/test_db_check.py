@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from store import check, ledger, lending
+from store import check, ledger, lending, settlement
 
 
 def _run(db):
@@ -19,9 +19,9 @@ def _active_loan(conn):
     loan, _ = lending.request_loan(conn, b, "254711000002", 500_000, 50_000, 2.0, 3600, 5)
     lending.answer_request(conn, "s", loan["id"], loan["lender_id"], True, 3.0)
     key = conn.execute("SELECT key FROM mpesa_actions").fetchone()[0]
-    lending.apply_mpesa_result(conn, "s", key, True, 4.0, receipt="R1")
+    settlement.apply_mpesa_result(conn, "s", key, True, 4.0, receipt="R1")
     key = conn.execute("SELECT key FROM mpesa_actions WHERE purpose = 'loan_payout'").fetchone()[0]
-    lending.apply_mpesa_result(conn, "s", key, True, 5.0, receipt="R2")
+    settlement.apply_mpesa_result(conn, "s", key, True, 5.0, receipt="R2")
     return loan
 
 

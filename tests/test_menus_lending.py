@@ -16,7 +16,7 @@ from menus import gsm0338, screens
 from menus import lending as app
 from menus.screens import SCREEN_LIMIT, Reply
 from menus.texts import Texts, short_date
-from store import lending, pins
+from store import lending, pins, settlement
 
 KEY = bytes(range(32))
 LOG2_N = 10
@@ -111,7 +111,7 @@ class World:
     def settle(self, key: str, ok: bool, receipt: str | None = None,
                desc: str | None = None) -> tuple[bool, list[lending.Notice]]:
         with self.txn():
-            applied, notices = lending.apply_mpesa_result(
+            applied, notices = settlement.apply_mpesa_result(
                 self.conn, self.settings.site, key, ok, self.now, receipt=receipt,
                 result_desc=desc)
             ctx = app.Ctx(conn=self.conn, msisdn="", now=self.now, settings=self.settings,
