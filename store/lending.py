@@ -1,5 +1,6 @@
-"""Villagers and their loans: every state change, with its ledger postings, outbox rows
-and change-log records, as functions that run inside one writer transaction.
+"""Villagers and their loans: every state change, with its outbox rows and change-log
+records, as functions that run inside one writer transaction (M-PESA results and their
+ledger postings: store.settlement).
 
 Loan states: requested -> approved -> funded -> active -> repaid, ending instead in
 declined, expired (not answered in time) or failed (M-PESA failed). What a villager
