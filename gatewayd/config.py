@@ -133,8 +133,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pin_attempts": Key(int, 3, "Wrong PINs in a row before the account locks.",
                             _range(1, 10)),
         "pin_lock_minutes": Key(float, 30.0, "How long a lock lasts.", _range(1, 7 * 24 * 60)),
-        "pin_hash_log2_n": Key(int, 12, "scrypt cost (2^N); 12 is about 6 ms here.",
-                               _range(10, 20)),
+        "pin_hash_log2_n": Key(int, 12, "scrypt cost (2^N); 12 is about 6 ms and 4 MiB here. "
+                               "Memory is 2^(N+10) bytes per hash in flight.", _range(10, 16)),
     },
     "log": {
         "level": Key(str, "info", "debug, info, warning or error.",

@@ -13,6 +13,8 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
+import sys
 import time
 from typing import Any
 
@@ -26,7 +28,7 @@ from gatewayd.http import HttpApp
 from gatewayd.ratelimit import RateLimiter
 from gatewayd.router import Router
 from gatewayd.sdnotify import Notifier
-from gatewayd.supervisor import Supervisor, at_once
+from gatewayd.supervisor import Supervisor, at_once, leaf
 from gatewayd.ussd import UssdService
 from menus import lending as app
 from menus.dialogs import TextMode
@@ -146,6 +148,7 @@ class Daemon:
                 task_status.started(self)
 
                 await self.stop.wait()
+                self.supervisor.stopping = True
                 await self.notifier.notify("STOPPING=1")
                 log.info("gatewayd_stopping")
                 with trio.move_on_after(cfg.http.graceful_seconds + 1):
@@ -210,6 +213,16 @@ async def _serve_hypercorn(asgi: Any, hc: hypercorn.config.Config, stop: trio.Ev
 
 def run(cfg: config_mod.Config) -> int:
     logs.setup(cfg.log.level, cfg.log.format)
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(Daemon(cfg).run)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(Daemon(cfg).run)
+    except Exception as group:
+        # A part that cannot start (port taken, state dir unwritable, newer schema): say
+        # so in one line for the operator and journald; systemd's Restart= retries.
+        e = leaf(group)
+        if not isinstance(e, (OSError, RuntimeError, sqlite3.Error)):
+            raise
+        log.error("gatewayd_cannot_start", error=f"{type(e).__name__}: {e}")
+        print(f"gatewayd: cannot start: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -32,6 +32,13 @@ class TaskState:
     last_error: str | None = None
 
 
+def leaf(exc: BaseException) -> BaseException:
+    """The one real error inside trio's nursery wrappers, when there is exactly one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def at_once(fn: Callable[[], Awaitable[None]]) -> Startable:
     """Adapt a plain coroutine function that is 'up' as soon as it runs."""
     async def run(task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -45,6 +52,9 @@ class Supervisor:
     min_backoff: float = 1.0
     max_backoff: float = 60.0
     tasks: dict[str, TaskState] = field(default_factory=dict)
+    # Set when the daemon stops: a task that then returns (a server told to shut down)
+    # has finished its work, not crashed.
+    stopping: bool = False
 
     def healthy(self) -> bool:
         return all(t.state == "running" for t in self.tasks.values())
@@ -63,13 +73,18 @@ class Supervisor:
                     if first:
                         first = False
                         task_status.started()
+                if self.stopping:
+                    ts.state = "stopped"
+                    return
                 log.warning("task_returned", task=name)
                 ts.last_error = "returned"
-            except Exception as e:  # restart it; cancellation is a BaseException and passes
+            except Exception as group:  # restart it; cancellation is a BaseException, passes
+                e = leaf(group)
                 if first:
                     ts.state = "failed"
-                    raise
-                log.exception("task_crashed", task=name)
+                    raise e from None
+                log.error("task_crashed", task=name, error=f"{type(e).__name__}: {e}",
+                          exc_info=e)
                 ts.last_error = f"{type(e).__name__}: {e}"
             ts.state = "restarting"
             ts.restarts += 1

@@ -8,6 +8,7 @@ channel gets the same menus, limits and guarantees.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,9 @@ class UssdService:
         self.dialogs = Dialogs(idle_seconds)
         self.stats = HopStats()
         self._locks: dict[tuple[str, str], trio.Lock] = {}
+        # scrypt is CPU and memory bound: more hashes at once than CPUs only makes each
+        # later and multiplies the memory (2^(N+10) bytes each).
+        self._pin_limiter = trio.CapacityLimiter(os.cpu_count() or 1)
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -158,7 +162,7 @@ class UssdService:
             stored = await self.store.read(lending.pin_hash_of, msisdn)
         return await trio.to_thread.run_sync(
             app.do_pin_work, work, raw, self.pin_key, self.pin_log2_n, stored,
-            app.pending_pin_hash(state))
+            app.pending_pin_hash(state), limiter=self._pin_limiter)
 
     # -- the jobs that run in the writer thread ----------------------------------------
     def _ctx(self, conn: Any, dialog: Dialog, pin: app.PinResult | None = None) -> app.Ctx:

@@ -161,3 +161,16 @@ def test_hops_from_outside_allow_from_are_refused(tmp_path):
         assert httpx.get(d.base + "/healthz").status_code == 200  # health stays readable
     finally:
         assert d.stop() == 0
+
+
+def test_a_taken_port_is_one_clear_line_and_exit_1(daemon, tmp_path):
+    import subprocess
+    import sys
+    cfg = tmp_path / "second.toml"
+    cfg.write_text(f'[store]\nstate_dir = "{tmp_path / "var2"}"\n'
+                   f'[http]\nlisten = "127.0.0.1:{daemon.port}"\n')
+    r = subprocess.run([sys.executable, "-m", "gatewayd", "run", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "gatewayd: cannot start:" in r.stderr and "Address already in use" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
