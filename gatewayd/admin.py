@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from gatewayd import logs
-from gatewayd.asgi import Receive, Scope, Send, lifespan, respond
+from gatewayd.asgi import App, Receive, Scope, Send, respond
 from menus import lending as app
 from store import outbox, settlement
 from store.lending import LendingError
@@ -39,7 +39,7 @@ def resolve_job(conn: Any, settings: app.Settings, texts: dict, key: str, succee
     return applied
 
 
-class AdminApp:
+class AdminApp(App):
     def __init__(self, store: Store, settings: app.Settings, texts_of: Callable[[], dict],
                  status: Callable[[], dict[str, Any]]) -> None:
         self.store = store
@@ -47,12 +47,7 @@ class AdminApp:
         self.texts_of = texts_of
         self.status = status
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         try:
             if (method, path) == ("GET", "/status"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,3 +30,16 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class App(abc.ABC):
+    """An ASGI app that answers lifespan itself and hands each HTTP request to `handle`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self.handle(scope, receive, send)
+
+    @abc.abstractmethod
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None: ...

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from gatewayd import logs
-from gatewayd.asgi import Receive, Scope, Send, lifespan, respond
+from gatewayd.asgi import App, Receive, Scope, Send, respond
 from gatewayd.ussd import UssdService
 from menus.dialogs import TextMode
 
@@ -33,7 +33,7 @@ class BadRequest(Exception):
         self.status = status
 
 
-class HttpApp:
+class HttpApp(App):
     def __init__(self, ussd: UssdService, text_mode: TextMode, max_body: int,
                  health: Callable[[], tuple[bool, dict[str, Any]]],
                  metrics: Callable[[], Awaitable[str]],
@@ -46,12 +46,7 @@ class HttpApp:
         self.health = health
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         try:
             if path.startswith("/ussd"):

@@ -48,10 +48,18 @@ def _reg_pin(ctx: Ctx, st: State, text: str) -> Reply:
     return _new_pin(ctx, st, "reg_pin", "reg_pin2")
 
 
+def _confirmed_pin(ctx: Ctx, st: State) -> str | None:
+    """The new PIN's hash when the second entry matched the first; either way the first
+    is forgotten, so a mismatch starts the pair again."""
+    pin_hash = st["d"].pop("pin_hash", None)
+    ok = ctx.pin is not None and ctx.pin.shape_ok and ctx.pin.match and pin_hash
+    return pin_hash if ok else None
+
+
 def _reg_pin2(ctx: Ctx, st: State, text: str) -> Reply:
     t = texts_for(ctx, st)
-    pin_hash = st["d"].pop("pin_hash", None)
-    if not (ctx.pin and ctx.pin.shape_ok and ctx.pin.match and pin_hash):
+    pin_hash = _confirmed_pin(ctx, st)
+    if pin_hash is None:
         return show(ctx, st, "reg_pin", t.get("pin_mismatch"))
     existing = ctx.user
     if existing is not None and existing.registered:  # registered meanwhile on another dialog
@@ -103,8 +111,8 @@ def _pin_new(ctx: Ctx, st: State, text: str) -> Reply:
 
 def _pin_new2(ctx: Ctx, st: State, text: str) -> Reply:
     t = texts_for(ctx, st)
-    pin_hash = st["d"].pop("pin_hash", None)
-    if not (ctx.pin and ctx.pin.shape_ok and ctx.pin.match and pin_hash):
+    pin_hash = _confirmed_pin(ctx, st)
+    if pin_hash is None:
         return show(ctx, st, "pin_new", t.get("pin_mismatch"))
     lending.set_pin(ctx.conn, ctx.user.id, pin_hash, ctx.now)
     return end(ctx, st, t.get("pin_changed"))
