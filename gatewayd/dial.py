@@ -4,6 +4,7 @@ without a handset."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sys
 import textwrap
@@ -54,6 +55,12 @@ def dial(code: str, msisdn: str, url: str, stdin: IO[str] = sys.stdin,
             stdout.flush()
             line = stdin.readline()
             if not line:
+                # A phone hanging up: the network tells the service the session is over.
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post(url.rstrip("/") + "/end", data={
+                        "sessionId": session, "serviceCode": code, "phoneNumber": msisdn,
+                        "networkCode": network_code, "status": "Incomplete",
+                        "input": "*".join(inputs)})
                 stdout.write("\n(hung up)\n")
                 return 0
             typed = line.rstrip("\r\n")
