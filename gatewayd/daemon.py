@@ -40,6 +40,12 @@ log = logs.get("gatewayd")
 
 SWEEP_SECONDS = 30.0
 
+# What SIGHUP may change under live dialogs; everything else waits for a restart.
+LIVE_SECTIONS = {"rate_limit", "lending", "log"}
+LIVE_KEYS = {"security.pin_attempts", "security.pin_lock_minutes", "security.pin_hash_log2_n",
+             "ussd.service_codes", "ussd.session_idle_seconds", "ussd.text_mode",
+             "http.allow_from", "http.max_body_bytes", "site.name"}
+
 
 def settings_from(cfg: config_mod.Config) -> app.Settings:
     return app.Settings(
@@ -87,6 +93,8 @@ class Daemon:
         self.store: Store | None = None
         self.ussd: UssdService | None = None
         self.http_port: int | None = None
+        self.http_app: HttpApp | None = None
+        self.pending_restart: list[str] = []
 
     # -- health, status, metrics ------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -123,9 +131,9 @@ class Daemon:
                 RateLimiter(cfg.rate_limit.hops_per_minute, cfg.rate_limit.burst),
                 cfg.ussd.session_idle_seconds)
             restored = await ussd.restore()
-            http_app = HttpApp(ussd, TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes,
-                               self.health, lambda: metrics.render(self),
-                               cfg.http.allow_from)
+            self.http_app = http_app = HttpApp(
+                ussd, TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes, self.health,
+                lambda: metrics.render(self), cfg.http.allow_from)
             admin_app = AdminApp(store, ussd.settings, lambda: ussd.texts, self.status)
             _clear_stale_socket(cfg.admin_socket)
 
@@ -181,23 +189,46 @@ class Daemon:
                 log.info("signal_received", signal=signal.Signals(signum).name)
                 self.stop.set()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config file; apply texts and rate limits now, report the rest."""
-        if self.cfg.source is None or self.ussd is None:
+    def reload(self) -> dict[str, list[str]]:
+        """SIGHUP: re-read the config file and apply what can change under live dialogs.
+
+        Texts, limits, lending rules, USSD and HTTP settings apply at once; a dialog in
+        progress keeps its state and sees the new rules on its next hop. What needs new
+        sockets or another database (listen address, state dir, site id) is reported and
+        waits for a restart. A file that does not validate changes nothing."""
+        if self.cfg.source is None or self.ussd is None or self.http_app is None:
             log.info("reload_skipped", reason="running on the embedded default")
-            return
+            return {"applied": [], "needs_restart": []}
         try:
             new = config_mod.load(self.cfg.source)
         except config_mod.ConfigError as e:
             log.error("reload_failed", problems=e.problems)
-            return
-        self.ussd.texts = load_all()
-        self.ussd.limiter.rate = new.rate_limit.hops_per_minute / 60.0
-        self.ussd.limiter.burst = float(new.rate_limit.burst)
-        changed = [f"{s}.{k}" for s, keys in new.values.items() for k, v in keys.items()
-                   if self.cfg.values[s][k] != v and s != "rate_limit"]
-        log.info("reloaded", applied=["texts", "rate_limit"],
-                 needs_restart=changed)
+            return {"applied": [], "needs_restart": [], "problems": e.problems}
+        changed = [(s, k) for s, keys in new.values.items() for k, v in keys.items()
+                   if self.cfg.values[s][k] != v]
+        applied = [f"{s}.{k}" for s, k in changed if f"{s}.{k}" in LIVE_KEYS or s in LIVE_SECTIONS]
+        pending = [f"{s}.{k}" for s, k in changed if f"{s}.{k}" not in applied]
+        values = {s: dict(keys) for s, keys in self.cfg.values.items()}
+        for name in applied:
+            s, k = name.split(".")
+            values[s][k] = new.values[s][k]
+        cfg = config_mod.Config(values, self.cfg.source)
+
+        ussd = self.ussd
+        ussd.texts = load_all()
+        ussd.settings = settings_from(cfg)
+        ussd.router = Router({code: "lending" for code in cfg.ussd.service_codes})
+        ussd.dialogs.idle_seconds = cfg.ussd.session_idle_seconds
+        ussd.pin_log2_n = cfg.security.pin_hash_log2_n
+        ussd.limiter.rate = cfg.rate_limit.hops_per_minute / 60.0
+        ussd.limiter.burst = float(cfg.rate_limit.burst)
+        self.http_app.configure(TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes,
+                                cfg.http.allow_from)
+        logs.setup(cfg.log.level, cfg.log.format)
+        self.cfg = cfg
+        self.pending_restart = sorted(set(self.pending_restart) | set(pending))
+        log.info("reloaded", applied=["texts"] + applied, needs_restart=self.pending_restart)
+        return {"applied": ["texts"] + applied, "needs_restart": self.pending_restart}
 
     async def _sweeper(self) -> None:
         assert self.ussd is not None

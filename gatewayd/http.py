@@ -38,13 +38,18 @@ class HttpApp(App):
                  health: Callable[[], tuple[bool, dict[str, Any]]],
                  metrics: Callable[[], Awaitable[str]],
                  allow_from: list[str] | None = None) -> None:
-        self.allow_from = [ipaddress.ip_network(n, strict=False)
-                           for n in (allow_from or ["0.0.0.0/0", "::/0"])]
         self.ussd = ussd
-        self.text_mode = text_mode
-        self.max_body = max_body
         self.health = health
         self.metrics = metrics
+        self.configure(text_mode, max_body, allow_from)
+
+    def configure(self, text_mode: TextMode, max_body: int,
+                  allow_from: list[str] | None) -> None:
+        """Settings SIGHUP may change; requests already reading keep the old ones."""
+        self.allow_from = [ipaddress.ip_network(n, strict=False)
+                           for n in (allow_from or ["0.0.0.0/0", "::/0"])]
+        self.text_mode = text_mode
+        self.max_body = max_body
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]

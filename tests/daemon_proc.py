@@ -37,6 +37,8 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self._ready = threading.Event()
+        self._waiters: list[tuple[str, int, threading.Event]] = []
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -63,6 +65,25 @@ class DaemonProcess:
             self.lines.append(line.rstrip("\n"))
             if '"gatewayd_ready"' in line:
                 self._ready.set()
+            if self._waiters:
+                self._check_waiters()
+
+    def wait_for_event(self, name: str, timeout: float = 20) -> dict:
+        """Block until the daemon logs `name` (after the call) — an event, not a sleep."""
+        seen = len(self.events(name))
+        got = threading.Event()
+        self._waiters.append((name, seen, got))
+        self._check_waiters()
+        if not got.wait(timeout):
+            raise AssertionError(f"daemon never logged {name}:\n" + "\n".join(self.lines[-20:]))
+        return self.events(name)[-1]
+
+    def _check_waiters(self) -> None:
+        with self._lock:  # the reader thread and the test both call this
+            for name, seen, got in list(self._waiters):
+                if len(self.events(name)) > seen:
+                    got.set()
+                    self._waiters.remove((name, seen, got))
 
     def events(self, name: str) -> list[dict]:
         out = []
