@@ -35,6 +35,7 @@ class DaemonProcess:
             f'[security]\npin_hash_log2_n = 10\n' + extra_config)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self.argv = [sys.executable, "-m", "gatewayd", "run", "--config", str(self.config_path)]
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._waiters: list[tuple[str, int, threading.Event]] = []
@@ -51,7 +52,7 @@ class DaemonProcess:
     def start(self, timeout: float = 30) -> "DaemonProcess":
         self._ready.clear()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gatewayd", "run", "--config", str(self.config_path)],
+            self.argv,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
             cwd=self.tmp)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
