@@ -1,9 +1,12 @@
 """The operator's API on a unix socket in the state directory (mode 0600).
 
 Not on the TCP listener: an operator who opens that listener to an aggregator must not
-open money-moving commands with it. `gatewayd status` and `gatewayd mpesa …` talk here.
+open money-moving commands with it. `gatewayd status`, `outbox` and `mpesa` talk here.
 
 - GET  /status             one JSON document of what the daemon is doing
+- GET  /outbox?state=S     SMS, newest first
+- POST /outbox/retry       {"id"}: send a failed, expired or cancelled SMS again
+- POST /outbox/cancel      {"id"}: stop a queued SMS
 - GET  /mpesa?state=S      M-PESA actions, newest first
 - POST /mpesa/resolve      settle an action by hand from the M-PESA statement:
                            {"key", "result": "succeeded"|"failed", "receipt", "code", "reason"}
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,6 +28,7 @@ from store.lending import LendingError
 from store.writer import Store
 
 log = logs.get("gatewayd.admin")
+MAX_BODY = 65536
 
 
 def resolve_job(conn: Any, settings: app.Settings, texts: dict, key: str, succeeded: bool,
@@ -40,54 +44,51 @@ def resolve_job(conn: Any, settings: app.Settings, texts: dict, key: str, succee
 
 
 class AdminApp(App):
-    def __init__(self, store: Store, settings: app.Settings, texts_of: Callable[[], dict],
-                 status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, store: Store, settings_of: Callable[[], app.Settings],
+                 texts_of: Callable[[], dict],
+                 status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self.store = store
-        self.settings = settings
+        self.settings_of = settings_of
         self.texts_of = texts_of
         self.status = status
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
+        query = parse_qs(scope.get("query_string", b"").decode())
         try:
             if (method, path) == ("GET", "/status"):
-                body = self.status()
-                body["outbox"] = await self.store.read(outbox.sms_counts)
-                body["mpesa"] = await self.store.read(outbox.mpesa_counts)
-                await _json(send, 200, body)
+                await _json(send, 200, await self.status())
+            elif (method, path) == ("GET", "/outbox"):
+                sms = await self.store.read(outbox.sms_list, query.get("state", [None])[0], 200)
+                await _json(send, 200, {"sms": sms})
+            elif (method, path) in (("POST", "/outbox/retry"), ("POST", "/outbox/cancel")):
+                req = await _read_json(receive)
+                sms_id = req.get("id")
+                if not isinstance(sms_id, int):
+                    raise ValueError('need {"id": <SMS id>}')
+                fn = outbox.sms_retry if path.endswith("retry") else outbox.sms_cancel
+                row = await self.store.write(fn, sms_id, time.time())
+                log.info("outbox_changed_by_operator", sms=sms_id, state=row["state"])
+                await _json(send, 200, {"id": sms_id, "state": row["state"]})
             elif (method, path) == ("GET", "/mpesa"):
-                q = parse_qs(scope.get("query_string", b"").decode())
-                state = q.get("state", [None])[0]
                 await _json(send, 200, {"actions": await self.store.read(
-                    outbox.mpesa_actions, state, 200)})
+                    outbox.mpesa_actions, query.get("state", [None])[0], 200)})
             elif (method, path) == ("POST", "/mpesa/resolve"):
-                await self._resolve(receive, send)
+                await self._resolve(await _read_json(receive), send)
             else:
                 await _json(send, 404, {"error": f"no route {method} {path}"})
-        except ValueError as e:
+        except (ValueError, outbox.OutboxError) as e:
             await _json(send, 400, {"error": str(e)})
 
-    async def _resolve(self, receive: Receive, send: Send) -> None:
-        raw = b""
-        while True:
-            m = await receive()
-            raw += m.get("body", b"")
-            if len(raw) > 65536:
-                raise ValueError("body too large")
-            if not m.get("more_body"):
-                break
-        try:
-            req = json.loads(raw or b"{}")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"body is not JSON: {e}") from None
+    async def _resolve(self, req: dict[str, Any], send: Send) -> None:
         key, result = req.get("key"), req.get("result")
         if not isinstance(key, str) or result not in ("succeeded", "failed"):
-            raise ValueError("need {\"key\": str, \"result\": \"succeeded\"|\"failed\"}")
+            raise ValueError('need {"key": str, "result": "succeeded"|"failed"}')
         if result == "succeeded" and not req.get("receipt"):
             raise ValueError("a success needs the M-PESA receipt number")
         try:
             applied = await self.store.write(
-                resolve_job, self.settings, self.texts_of(), key, result == "succeeded",
+                resolve_job, self.settings_of(), self.texts_of(), key, result == "succeeded",
                 req.get("receipt"), req.get("code"), req.get("reason"))
         except LendingError as e:
             await _json(send, 404, {"error": e.code, "key": key})
@@ -96,6 +97,24 @@ class AdminApp(App):
         await _json(send, 200, {"key": key, "applied": applied})
 
 
+async def _read_json(receive: Receive) -> dict[str, Any]:
+    raw = b""
+    while True:
+        m = await receive()
+        raw += m.get("body", b"")
+        if len(raw) > MAX_BODY:
+            raise ValueError("body too large")
+        if not m.get("more_body"):
+            break
+    try:
+        req = json.loads(raw or b"{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"body is not JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise ValueError("body must be a JSON object")
+    return req
+
+
 async def _json(send: Send, status: int, body: Any) -> None:
     await respond(send, status, json.dumps(body, sort_keys=True, default=str),
-                   "application/json")
+                  "application/json")

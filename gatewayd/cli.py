@@ -3,106 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sqlite3
-import sys
-from typing import Any
 
-from gatewayd import __version__, config as config_mod
-
-
-def _load_config(path: str | None) -> config_mod.Config:
-    try:
-        return config_mod.load(path)
-    except config_mod.ConfigError as e:
-        for problem in e.problems:
-            print(f"gatewayd: config: {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+from gatewayd import __version__
+from gatewayd.opscli import (cmd_db_backup, cmd_db_check, cmd_mpesa_list, cmd_mpesa_resolve,
+                             cmd_outbox_change, cmd_outbox_list, cmd_status, load_config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gatewayd import daemon
-    return daemon.run(_load_config(args.config))
+    return daemon.run(load_config(args.config))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load_config(args.path)
+    cfg = load_config(args.path)
     print(f"{args.path}: ok (site {cfg.site.id}, listening on {cfg.http.listen}, "
           f"state in {cfg.store.state_dir})")
     return 0
 
 
-def cmd_db_check(args: argparse.Namespace) -> int:
-    from store import check
-    from store.writer import connect
-    cfg = _load_config(args.config)
-    path = args.db or cfg.db_path
-    if not os.path.exists(path):
-        print(f"gatewayd: no database at {path}", file=sys.stderr)
-        return 2
-    conn = connect(path, readonly=True)
-    try:
-        problems = check.run(conn)
-    except sqlite3.DatabaseError as e:
-        problems = [f"sqlite: {e}"]
-    finally:
-        conn.close()
-    for p in problems:
-        print(p)
-    print(f"{path}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
-    return 0 if not problems else 1
-
-
 def cmd_dial(args: argparse.Namespace) -> int:
     from gatewayd.dial import dial
-    url = args.url
-    if url is None:
-        cfg = _load_config(args.config)
-        url = f"http://{cfg.http.listen}/ussd"
+    url = args.url or f"http://{load_config(args.config).http.listen}/ussd"
     return dial(args.code, args.msisdn, url, session_id=args.session)
-
-
-def _admin(cfg: config_mod.Config, method: str, path: str, body: Any = None) -> Any:
-    import httpx
-    transport = httpx.HTTPTransport(uds=cfg.admin_socket)
-    try:
-        with httpx.Client(transport=transport, base_url="http://gatewayd", timeout=10) as c:
-            r = c.request(method, path, json=body)
-    except httpx.HTTPError as e:
-        print(f"gatewayd: cannot reach the daemon at {cfg.admin_socket}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    data = r.json()
-    if r.status_code != 200:
-        print(f"gatewayd: {data.get('error', r.text)}", file=sys.stderr)
-        raise SystemExit(1)
-    return data
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    print(json.dumps(_admin(_load_config(args.config), "GET", "/status"), indent=2, sort_keys=True))
-    return 0
-
-
-def cmd_mpesa_list(args: argparse.Namespace) -> int:
-    q = f"?state={args.state}" if args.state else ""
-    data = _admin(_load_config(args.config), "GET", f"/mpesa{q}")
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    print(f"{'key':<30} {'purpose':<18} {'loan':<7} {'msisdn':<13} {'Ksh':>9} {'state':<10} receipt")
-    for a in data["actions"]:
-        print(f"{a['key']:<30} {a['purpose']:<18} {a['loan_ref']:<7} {a['msisdn']:<13} "
-              f"{a['amount_cents'] // 100:>9,} {a['state']:<10} {a['receipt'] or ''}")
-    return 0
-
-
-def cmd_mpesa_resolve(args: argparse.Namespace) -> int:
-    body = {"key": args.key, "result": "succeeded" if args.succeeded else "failed",
-            "receipt": args.receipt, "code": args.code, "reason": args.reason}
-    data = _admin(_load_config(args.config), "POST", "/mpesa/resolve", body)
-    print(f"{args.key}: {'applied' if data['applied'] else 'already settled, nothing changed'}")
-    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -133,8 +55,27 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--session", help="session id (default: a new random one)")
     d.set_defaults(fn=cmd_dial)
 
-    with_config(sub.add_parser("status", help="what the running daemon is doing")).set_defaults(
-        fn=cmd_status)
+    bk = with_config(dbs.add_parser("backup", help="online, consistent copy while serving"))
+    bk.add_argument("path", help="where to write the copy")
+    bk.add_argument("--db", metavar="PATH", help="database file (default: from the config)")
+    bk.set_defaults(fn=cmd_db_backup)
+
+    stp = with_config(sub.add_parser("status", help="one screen: what the running daemon is doing"))
+    stp.add_argument("--json", action="store_true")
+    stp.set_defaults(fn=cmd_status)
+
+    ob = sub.add_parser("outbox", help="SMS waiting for delivery, in the running daemon")
+    obs = ob.add_subparsers(dest="outbox_command", required=True)
+    ol = with_config(obs.add_parser("list", help="SMS, newest first"))
+    ol.add_argument("--state", choices=["queued", "submitted", "delivered", "failed", "expired",
+                                        "cancelled"])
+    ol.add_argument("--json", action="store_true")
+    ol.set_defaults(fn=cmd_outbox_list)
+    for action, text in (("retry", "send a failed, expired or cancelled SMS again"),
+                         ("cancel", "stop a queued SMS")):
+        oc = with_config(obs.add_parser(action, help=text))
+        oc.add_argument("id", type=int)
+        oc.set_defaults(fn=cmd_outbox_change, action=action)
 
     mp = sub.add_parser("mpesa", help="M-PESA actions of the running daemon")
     mps = mp.add_subparsers(dest="mpesa_command", required=True)

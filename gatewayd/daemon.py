@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -33,7 +34,7 @@ from gatewayd.ussd import UssdService
 from menus import lending as app
 from menus.dialogs import TextMode
 from menus.texts import load_all
-from store import pins
+from store import outbox, pins
 from store.writer import Store
 
 log = logs.get("gatewayd")
@@ -104,16 +105,29 @@ class Daemon:
         ok = store_ok and self.supervisor.healthy() and not self.stop.is_set()
         return ok, {"status": "ok" if ok else "failing", "parts": parts, "version": __version__}
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        """Everything `gatewayd status` shows, in one JSON-able document."""
         ok, health = self.health()
         assert self.ussd is not None and self.store is not None
-        return {**health, "site": self.cfg.site.id, "uptime_seconds": round(time.time() - self.started_at),
-                "dialogs_open": len(self.ussd.dialogs), "hops": self.ussd.stats.hops,
-                "rate_limited": self.ussd.stats.rate_limited,
-                "store": {"transactions": self.store.stats.transactions,
-                          "commits": self.store.stats.commits,
-                          "failed_commits": self.store.stats.failed_commits,
-                          "max_group": self.store.stats.max_group},
+        queues = await self.store.read(outbox.queue_stats, time.time())
+        disk = shutil.disk_usage(self.cfg.store.state_dir)
+        db_bytes = sum(os.path.getsize(p) for p in (self.cfg.db_path, self.cfg.db_path + "-wal")
+                       if os.path.exists(p))
+        st = self.store.stats
+        return {**health, "site": self.cfg.site.id, "site_name": self.cfg.site.name,
+                "uptime_seconds": round(time.time() - self.started_at),
+                "listen": self.cfg.http.listen, "pending_restart": self.pending_restart,
+                "ussd": {"dialogs_open": len(self.ussd.dialogs), "hops": self.ussd.stats.hops,
+                         "rate_limited": self.ussd.stats.rate_limited,
+                         "errors": self.ussd.stats.errors,
+                         "unavailable": self.ussd.stats.unavailable},
+                "store": {"transactions": st.transactions, "commits": st.commits,
+                          "failed_commits": st.failed_commits, "max_group": st.max_group,
+                          "last_commit_ms": round(st.last_commit_ms, 3),
+                          "last_error": self.store.last_error, "db_bytes": db_bytes},
+                "queues": queues,
+                "disk": {"path": os.path.abspath(self.cfg.store.state_dir),
+                         "free_bytes": disk.free, "total_bytes": disk.total},
                 "tasks": {n: vars(t) for n, t in self.supervisor.tasks.items()}}
 
     # -- run ------------------------------------------------------------------------------
@@ -134,7 +148,7 @@ class Daemon:
             self.http_app = http_app = HttpApp(
                 ussd, TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes, self.health,
                 lambda: metrics.render(self), cfg.http.allow_from)
-            admin_app = AdminApp(store, ussd.settings, lambda: ussd.texts, self.status)
+            admin_app = AdminApp(store, lambda: ussd.settings, lambda: ussd.texts, self.status)
             _clear_stale_socket(cfg.admin_socket)
 
             async with trio.open_nursery() as nursery:

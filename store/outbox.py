@@ -91,3 +91,70 @@ def sms_counts(conn: sqlite3.Connection) -> dict[str, int]:
 def mpesa_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {r[0]: r[1] for r in conn.execute(
         "SELECT state, COUNT(*) FROM mpesa_actions GROUP BY state")}
+
+
+def sms_list(conn: sqlite3.Connection, state: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+    sql = ("SELECT id, key, msisdn, body, state, attempts, last_error, created_at, updated_at, "
+           "expires_at FROM sms_outbox")
+    args: tuple = ()
+    if state:
+        sql += " WHERE state = ?"
+        args = (state,)
+    sql += " ORDER BY id DESC LIMIT ?"
+    return [dict(r) for r in conn.execute(sql, args + (limit,))]
+
+
+def _sms_changed(conn: sqlite3.Connection, sms_id: int, now: float) -> dict[str, Any]:
+    row = dict(conn.execute("SELECT * FROM sms_outbox WHERE id = ?", (sms_id,)).fetchone())
+    changelog.record(conn, "sms", row["key"], row["state"],
+                     {"key": row["key"], "msisdn": row["msisdn"], "body": row["body"],
+                      "state": row["state"], "updated_at": now}, now)
+    return row
+
+
+class OutboxError(ValueError):
+    pass
+
+
+def sms_retry(conn: sqlite3.Connection, sms_id: int, now: float,
+              ttl: float = SMS_TTL_SECONDS) -> dict[str, Any]:
+    """An operator sends a failed or expired SMS again, with a fresh validity."""
+    cur = conn.execute(
+        "UPDATE sms_outbox SET state = 'queued', attempts = 0, last_error = NULL, "
+        "expires_at = ?, updated_at = ? WHERE id = ? AND state IN ('failed', 'expired', 'cancelled')",
+        (now + ttl, now, sms_id))
+    if cur.rowcount != 1:
+        raise OutboxError(_why_not(conn, sms_id, "retried", "failed, expired or cancelled"))
+    return _sms_changed(conn, sms_id, now)
+
+
+def sms_cancel(conn: sqlite3.Connection, sms_id: int, now: float) -> dict[str, Any]:
+    """An operator stops an SMS that has not gone out yet."""
+    cur = conn.execute("UPDATE sms_outbox SET state = 'cancelled', updated_at = ? "
+                       "WHERE id = ? AND state = 'queued'", (now, sms_id))
+    if cur.rowcount != 1:
+        raise OutboxError(_why_not(conn, sms_id, "cancelled", "queued"))
+    return _sms_changed(conn, sms_id, now)
+
+
+def _why_not(conn: sqlite3.Connection, sms_id: int, verb: str, allowed: str) -> str:
+    row = conn.execute("SELECT state FROM sms_outbox WHERE id = ?", (sms_id,)).fetchone()
+    if row is None:
+        return f"no SMS with id {sms_id}"
+    return f"SMS {sms_id} is {row[0]}; only {allowed} SMS can be {verb}"
+
+
+def queue_stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """Depth and age of what waits for delivery, for status and metrics."""
+    oldest_sms = conn.execute(
+        "SELECT MIN(created_at) FROM sms_outbox WHERE state = 'queued'").fetchone()[0]
+    oldest_action = conn.execute(
+        "SELECT MIN(created_at) FROM mpesa_actions WHERE state IN ('queued', 'sent', 'unknown')"
+    ).fetchone()[0]
+    return {
+        "sms": sms_counts(conn), "mpesa": mpesa_counts(conn),
+        "sms_oldest_queued_seconds": round(now - oldest_sms, 1) if oldest_sms else 0.0,
+        "mpesa_oldest_open_seconds": round(now - oldest_action, 1) if oldest_action else 0.0,
+        "change_log_last_seq": changelog.last_seq(conn),
+    }

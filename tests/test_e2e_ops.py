@@ -42,3 +42,62 @@ def test_sighup_applies_live_settings_without_dropping_a_dialog(tmp_path):
         assert "Jirani Bora" in Phone(d, "0744000001").run()
     finally:
         assert d.stop() == 0
+
+
+def test_status_outbox_and_backup_while_serving(tmp_path):
+    import json
+    import sqlite3
+    import threading
+
+    d = DaemonProcess(tmp_path, extra_config="[rate_limit]\nhops_per_minute = 10000\n"
+                                              "burst = 10000\n").start()
+    try:
+        amina = Phone(d, "0744000002")
+        amina.run("1", "Amina", "4826", "4826", "1", "0744000003", "500", "50", "1")
+
+        r = d.gatewayd("status")
+        assert r.returncode == 0, r.stderr
+        assert "site site-1" in r.stdout and "OK" in r.stdout
+        assert "sms       queued 1" in r.stdout and "free of" in r.stdout
+        s = json.loads(d.gatewayd("status", "--json").stdout)
+        assert s["queues"]["sms"] == {"queued": 1} and s["ussd"]["hops"] >= 10
+
+        # Outbox: list, cancel, retry; wrong transitions are refused with a reason.
+        r = d.gatewayd("outbox", "list", "--json")
+        [sms] = json.loads(r.stdout)
+        assert sms["state"] == "queued" and "asks to borrow Ksh 500" in sms["body"]
+        assert "0744000003" in d.gatewayd("outbox", "list").stdout
+        r = d.gatewayd("outbox", "retry", str(sms["id"]))
+        assert r.returncode == 1 and "only failed, expired or cancelled" in r.stderr
+        assert "cancelled" in d.gatewayd("outbox", "cancel", str(sms["id"])).stdout
+        assert "queued" in d.gatewayd("outbox", "retry", str(sms["id"])).stdout
+        assert d.gatewayd("outbox", "cancel", "99999").returncode == 1
+
+        # Backups while villagers keep dialling: each copy is whole and checks out.
+        stop = threading.Event()
+
+        def traffic():
+            p = Phone(d, "0744000004")
+            while not stop.is_set():
+                p.run("0")
+
+        t = threading.Thread(target=traffic)
+        t.start()
+        try:
+            for i in range(3):
+                path = tmp_path / f"backup-{i}.db"
+                r = d.gatewayd("db", "backup", str(path))
+                assert r.returncode == 0, r.stderr
+                assert "checked ok" in r.stdout and "pin.key" in r.stdout
+                conn = sqlite3.connect(path)
+                assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+                assert conn.execute("SELECT COUNT(*) FROM loans").fetchone()[0] == 1
+                conn.close()
+                assert d.gatewayd("db", "check", "--db", str(path)).returncode == 0
+        finally:
+            stop.set()
+            t.join()
+    finally:
+        assert d.stop() == 0
+    r = d.gatewayd("status")
+    assert r.returncode == 2 and "cannot reach the daemon" in r.stderr
