@@ -51,6 +51,10 @@ class _Job:
     error: BaseException | None = None
 
 
+# Commit (fsync) latency buckets, ms: 0.3 ms is this box's SSD, 5-20 ms an SD card.
+COMMIT_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 500)
+
+
 @dataclass
 class WriterStats:
     transactions: int = 0
@@ -58,6 +62,22 @@ class WriterStats:
     failed_commits: int = 0
     last_commit_ms: float = 0.0
     max_group: int = 0
+    commit_ms_sum: float = 0.0
+    # One count per bucket of COMMIT_BUCKETS_MS, plus one for slower commits.
+    commit_ms_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(COMMIT_BUCKETS_MS) + 1))
+
+    def observe_commit(self, ms: float, group: int) -> None:
+        self.last_commit_ms = ms
+        self.commit_ms_sum += ms
+        self.commits += 1
+        self.transactions += group
+        self.max_group = max(self.max_group, group)
+        for i, bound in enumerate(COMMIT_BUCKETS_MS):
+            if ms <= bound:
+                self.commit_ms_counts[i] += 1
+                return
+        self.commit_ms_counts[-1] += 1
 
 
 _STOP = object()
@@ -182,10 +202,7 @@ class Store:
             self._rollback(conn)
             self._fail_all(batch, exc)
             return
-        self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000
-        self.stats.commits += 1
-        self.stats.transactions += len(batch)
-        self.stats.max_group = max(self.stats.max_group, len(batch))
+        self.stats.observe_commit((time.perf_counter() - t0) * 1000, len(batch))
         self.last_error = None
         for job in batch:
             self._finish(job)

@@ -79,6 +79,20 @@ def test_healthz_and_metrics(daemon):
     count = [ln for ln in m.splitlines() if ln.startswith("gatewayd_ussd_hop_seconds_count")]
     assert int(count[0].split()[1]) >= 1
     assert 'gatewayd_task_up{task="http"} 1' in m
+    for name in ("gatewayd_store_commit_seconds_bucket", "gatewayd_sms_outbox_oldest_queued_seconds",
+                 "gatewayd_mpesa_oldest_open_seconds", "gatewayd_change_log_last_seq",
+                 "gatewayd_state_disk_free_bytes", "gatewayd_build_info"):
+        assert name in m, name
+    commits = [ln for ln in m.splitlines() if ln.startswith("gatewayd_store_commit_seconds_count")]
+    assert int(commits[0].split()[1]) >= 1
+    # The whole page parses with Prometheus' own parser, histograms included.
+    from prometheus_client.parser import text_string_to_metric_families
+    families = {f.name: f for f in text_string_to_metric_families(m)}
+    assert families["gatewayd_ussd_hop_seconds"].type == "histogram"
+    assert families["gatewayd_store_commit_seconds"].type == "histogram"
+    buckets = [s.value for s in families["gatewayd_ussd_hop_seconds"].samples
+               if s.name.endswith("_bucket")]
+    assert buckets == sorted(buckets)  # cumulative
 
 
 def test_end_notification_closes_the_dialog(daemon):
