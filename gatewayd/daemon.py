@@ -35,11 +35,12 @@ from menus import lending as app
 from menus.dialogs import TextMode
 from menus.texts import load_all
 from store import outbox, pins
-from store.writer import Store
+from store.writer import Store, StoreUnavailable, probe_write
 
 log = logs.get("gatewayd")
 
 SWEEP_SECONDS = 30.0
+PROBE_SECONDS = 2.0
 
 # What SIGHUP may change under live dialogs; everything else waits for a restart.
 LIVE_SECTIONS = {"rate_limit", "lending", "log"}
@@ -245,10 +246,22 @@ class Daemon:
         return {"applied": ["texts"] + applied, "needs_restart": self.pending_restart}
 
     async def _sweeper(self) -> None:
-        assert self.ussd is not None
+        """Idle dialogs and expired requests; and while the store is failing (disk full,
+        read-only), a write probe every few seconds, so health turns good again by
+        itself once space returns, not only when the next villager dials."""
+        assert self.ussd is not None and self.store is not None
+        last_sweep = trio.current_time()
         while True:
-            await trio.sleep(SWEEP_SECONDS)
-            await self.ussd.sweep()
+            await trio.sleep(PROBE_SECONDS)
+            try:
+                if self.store.last_error is not None:
+                    await self.store.write(probe_write, time.time())
+                    log.info("store_recovered")
+                if trio.current_time() - last_sweep >= SWEEP_SECONDS:
+                    await self.ussd.sweep()
+                    last_sweep = trio.current_time()
+            except StoreUnavailable as e:
+                log.error("store_unavailable", error=str(e))
 
 
 async def _serve_hypercorn(asgi: Any, hc: hypercorn.config.Config, stop: trio.Event,

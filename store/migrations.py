@@ -123,6 +123,14 @@ CREATE TABLE ussd_dialogs (
 """),
 ]
 
+MIGRATIONS.append((2, "small named values: sync checkpoint, write probe", """
+CREATE TABLE kv (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""))
+
 LATEST = MIGRATIONS[-1][0]
 
 

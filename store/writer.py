@@ -146,6 +146,7 @@ class Store:
         return conn
 
     async def _run_writer(self, conn: sqlite3.Connection) -> None:
+        self.writer_connection = conn  # for fault-injection tests only
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._writer_loop, conn)
 
@@ -257,3 +258,10 @@ def _read_txn(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple) -> T:
         return fn(conn, *args)
     finally:
         conn.execute("ROLLBACK")
+
+
+def probe_write(conn: sqlite3.Connection, now: float) -> None:
+    """A real write and fsync: proves the disk takes writes again after a failure."""
+    conn.execute("INSERT INTO kv (key, value, updated_at) VALUES ('write_probe', ?, ?) "
+                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                 "updated_at = excluded.updated_at", (repr(now), now))

@@ -148,3 +148,51 @@ async def test_sweep_expires_requests_with_an_sms_and_forgets_idle_dialogs(tmp_p
     assert any("expired without an answer" in s and ref in s for s in sms)
     assert dialogs == 0
     daemon.stop.set()
+
+
+async def test_store_refusing_writes_like_a_read_only_filesystem(tmp_path, nursery):
+    """The kernel remounts a failing SD card read-only under open files; SQLite then
+    answers every write 'attempt to write a readonly database'. query_only gives the
+    writer's connection exactly that answer."""
+    cfg = _cfg(tmp_path)
+    daemon = await nursery.start(Daemon(cfg).run)
+    base = f"http://{cfg.http.listen}"
+    conn = daemon.store.writer_connection
+    async with httpx.AsyncClient(timeout=20) as client:
+        assert (await client.post(base + "/ussd", data=_form(1))).text.startswith("CON ")
+        conn.execute("PRAGMA query_only = ON")  # the writer thread is idle between jobs
+        r = await client.post(base + "/ussd", data=_form(2))
+        assert r.text == "END Service unavailable. Please try again later."
+        h = await client.get(base + "/healthz")
+        assert h.status_code == 503 and "readonly" in h.json()["parts"]["store"]
+        conn.execute("PRAGMA query_only = OFF")
+        # Recovery comes from the daemon's own write probe, not from a villager.
+        with trio.fail_after(20):
+            while (await client.get(base + "/healthz")).status_code != 200:
+                await trio.sleep(0.2)
+        assert (await client.post(base + "/ussd", data=_form(2))).text.startswith("CON ")
+    daemon.stop.set()
+
+
+@pytest.mark.parametrize("jump", [10 * 365 * 86400.0, -3 * 86400.0])
+async def test_wall_clock_jumps_do_not_expire_dialogs_or_limits(tmp_path, nursery, monkeypatch,
+                                                               jump):
+    """No RTC: the clock jumps years when NTP first answers, or back after a bad sync.
+    Dialog expiry and rate limits run on the monotonic clock and do not notice."""
+    import time as real_time
+
+    cfg = _cfg(tmp_path, rate_limit={"hops_per_minute": 60, "burst": 20})
+    daemon = await nursery.start(Daemon(cfg).run)
+    url = f"http://{cfg.http.listen}/ussd"
+    form = _form(7)
+    async with httpx.AsyncClient(timeout=20) as client:
+        assert (await client.post(url, data=form)).text.startswith("CON Welcome")
+        offset = real_time.time() + jump
+        monkeypatch.setattr(real_time, "time", lambda: offset)
+        await daemon.ussd.sweep()  # a sweep right after the jump
+        r = await client.post(url, data={**form, "text": "1"})
+        assert r.text.startswith("CON Enter your name")  # same dialog, next screen
+        r = await client.post(url, data={**form, "text": "1*Rehema"})
+        assert r.text.startswith("CON Set a 4-digit PIN")
+        assert daemon.ussd.stats.rate_limited == 0
+    daemon.stop.set()

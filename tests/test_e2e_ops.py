@@ -101,3 +101,49 @@ def test_status_outbox_and_backup_while_serving(tmp_path):
         assert d.stop() == 0
     r = d.gatewayd("status")
     assert r.returncode == 2 and "cannot reach the daemon" in r.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB filesystem of its own for the state directory (tmpfs; we run as root)."""
+    import subprocess
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"cannot mount a tmpfs here: {r.stderr}"
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _health(d):
+    import httpx
+    return httpx.get(d.base + "/healthz", timeout=10)
+
+
+def test_disk_full_gives_a_short_screen_and_service_resumes_by_itself(tmp_path, small_disk):
+    import subprocess
+    d = DaemonProcess(tmp_path)
+    d.config_path.write_text(d.config_path.read_text().replace(
+        f'state_dir = "{d.state_dir}"', f'state_dir = "{small_disk / "var"}"'))
+    d.state_dir = small_disk / "var"
+    d.start()
+    try:
+        p = Phone(d, "0744000010")
+        assert p.run("1", "Pendo", "4826", "4826").startswith("CON Welcome, Pendo")
+        # Fill the disk to the last byte.
+        filler = small_disk / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        replies = [Phone(d, f"07440001{i:02d}").dial() for i in range(3)]
+        assert all(r == "END Service unavailable. Please try again later." for r in replies)
+        assert d.events("ussd_store_unavailable")
+        assert _health(d).status_code == 503
+        # Space returns: health recovers with no villager dialling, then service does.
+        filler.unlink()
+        d.wait_for_event("store_recovered")
+        assert _health(d).status_code == 200
+        assert Phone(d, "0744000010").dial().startswith("CON Mkopo Jirani")
+    finally:
+        assert d.stop() == 0
+    r = d.gatewayd("db", "check")
+    assert r.returncode == 0, r.stdout

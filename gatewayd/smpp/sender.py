@@ -1,0 +1,188 @@
+"""Which submit_sm goes out when, sans-I/O: submit rate, retries, slow-down, expiry.
+
+The session keeps the window (how many in flight); the Sender decides what may go
+next: messages in the order given, at most `rate` per second (a token bucket), and
+after an error as the retry policy says. ESME_RTHROTTLED and ESME_RMSGQFUL mean the
+SMSC is overloaded, so they pause *every* message (doubling per consecutive refusal up
+to the rule's delay) and halve the rate, which then creeps back by a tenth of the
+configured rate per accepted message (additive increase, multiplicative decrease, as
+TCP does, because the SMSC's real limit is unknown and changes).
+
+A message may carry an expiry (`expires_at`, on the caller's monotonic clock): one
+not sent by then is given up as Expired, and one sent carries the time it has left
+as its validity_period, so that the SMSC gives up on it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Union
+
+from gatewayd.smpp import pdu as P
+from gatewayd.smpp.session import (RETRY_POLICY, UNANSWERED_RULE, RetryRule, SubmitSmResp,
+                                   retry_rule)
+from gatewayd.smpp.sms import relative_validity
+
+
+@dataclass
+class Outgoing:
+    ref: Hashable
+    fields: dict[str, Any]
+    expires_at: float | None
+    order: int
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    ref: Hashable
+    message_id: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Retrying:
+    ref: Hashable
+    command_status: int | None     # None: no answer
+    at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    ref: Hashable
+    command_status: int | None
+    reason: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Expired:
+    ref: Hashable
+    attempts: int
+
+
+Outcome = Union[Accepted, Retrying, Failed, Expired]
+
+
+@dataclass
+class Sender:
+    rate: float = 10.0                 # submit_sm per second, at most
+    burst: int = 1
+    policy: dict[int, RetryRule] = field(default_factory=lambda: dict(RETRY_POLICY))
+    unanswered: RetryRule = UNANSWERED_RULE
+    initial_pause: float = 1.0         # the first slow-down's pause
+    min_rate: float = 0.2
+    set_validity_period: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.current_rate = self.rate
+        self.paused_until = 0.0
+        self._tokens = float(self.burst)
+        self._refilled_at: float | None = None
+        self._slowdowns = 0
+        self._order = 0
+        self._queue: list[Outgoing] = []
+        self._inflight: dict[Hashable, Outgoing] = {}
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def enqueue(self, ref: Hashable, fields: dict[str, Any], now: float,
+                expires_at: float | None = None) -> None:
+        if ref in self._inflight or any(o.ref == ref for o in self._queue):
+            raise ValueError(f"ref {ref!r} is already queued")
+        self._order += 1
+        self._queue.append(Outgoing(ref, dict(fields), expires_at, self._order, 0, now))
+
+    def ready(self, now: float, window_free: int) -> tuple[list[Outgoing], list[Expired]]:
+        """What to send now (given the session's free window), and what expired."""
+        self._refill(now)
+        expired = [Expired(o.ref, o.attempts) for o in self._queue
+                   if o.expires_at is not None and o.expires_at <= now]
+        if expired:
+            gone = {e.ref for e in expired}
+            self._queue = [o for o in self._queue if o.ref not in gone]
+        out: list[Outgoing] = []
+        if now < self.paused_until:
+            return out, expired
+        for o in list(self._queue):
+            if window_free <= 0 or self._tokens < 1.0:
+                break
+            if o.not_before > now:
+                continue
+            self._queue.remove(o)
+            self._tokens -= 1.0
+            window_free -= 1
+            o.attempts += 1
+            fields = dict(o.fields)
+            if self.set_validity_period and o.expires_at is not None:
+                fields["validity_period"] = relative_validity(o.expires_at - now)
+            self._inflight[o.ref] = o
+            out.append(Outgoing(o.ref, fields, o.expires_at, o.order, o.attempts, now))
+        return out, expired
+
+    def next_deadline(self, now: float) -> float | None:
+        """When `ready` may next release or expire something (window permitting)."""
+        if not self._queue:
+            return None
+        times = [o.expires_at for o in self._queue if o.expires_at is not None]
+        due = max(min(o.not_before for o in self._queue), self.paused_until)
+        if self._tokens < 1.0:
+            due = max(due, now + (1.0 - self._tokens) / self.current_rate)
+        times.append(due)
+        return min(times)
+
+    def on_submit_sm_resp(self, resp: SubmitSmResp, now: float) -> Outcome | None:
+        """None for a ref this sender did not send (another sender's, or a late one)."""
+        o = self._inflight.pop(resp.ref, None)
+        if o is None:
+            return None
+        status = resp.command_status
+        if status == P.ESME_ROK:
+            self._slowdowns = 0
+            self.current_rate = min(self.rate, self.current_rate + self.rate / 10)
+            return Accepted(o.ref, resp.message_id or "", o.attempts)
+        rule = retry_rule(status, self.policy)
+        if rule is None:
+            return Failed(o.ref, status, f"{P.status_name(status)} is permanent", o.attempts)
+        return self._retry(o, rule, status, now)
+
+    def on_unanswered(self, ref: Hashable, now: float) -> Outcome | None:
+        o = self._inflight.pop(ref, None)
+        if o is None:
+            return None
+        return self._retry(o, self.unanswered, None, now)
+
+    def _retry(self, o: Outgoing, rule: RetryRule, status: int | None,
+               now: float) -> Outcome:
+        name = P.status_name(status) if status is not None else "no answer"
+        if o.attempts >= rule.attempts:
+            return Failed(o.ref, status, f"{name} after {o.attempts} attempts", o.attempts)
+        if rule.slow_down:
+            pause = min(rule.delay, self.initial_pause * 2 ** self._slowdowns)
+            self._slowdowns += 1
+            self.paused_until = max(self.paused_until, now + pause)
+            self.current_rate = max(self.min_rate, self.current_rate / 2)
+            o.not_before = now + pause
+        else:
+            o.not_before = now + rule.delay
+        if o.expires_at is not None and o.not_before >= o.expires_at:
+            return Expired(o.ref, o.attempts)
+        self._queue.append(o)
+        self._queue.sort(key=lambda x: x.order)
+        return Retrying(o.ref, status, o.not_before, o.attempts)
+
+    def _refill(self, now: float) -> None:
+        if self._refilled_at is not None:
+            self._tokens = min(float(self.burst),
+                               self._tokens + (now - self._refilled_at) * self.current_rate)
+        self._refilled_at = now
