@@ -286,7 +286,7 @@ def decode(data: bytes) -> Pdu | DecodeError:
         obj.parse_params(data[HEADER_LENGTH:])
     except _Malformed as e:
         return DecodeError(e.command_status, f"{name}: {e}", command_id, sequence)
-    except Exception as e:  # a parser bug must cost one PDU, never the connection
+    except Exception as e:  # noqa: BLE001 - a parser bug must cost one PDU, never the connection
         return DecodeError(ESME_RSYSERR, f"{name}: {type(e).__name__}: {e}", command_id, sequence)
     fields: dict[str, Any] = {}
     for fname in obj.params_order:

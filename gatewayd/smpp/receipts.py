@@ -16,8 +16,8 @@ from __future__ import annotations
 import enum
 import re
 import string
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 from gatewayd.smpp.pdu import Pdu
 from gatewayd.smpp.sms import decode_short_message
@@ -51,7 +51,7 @@ _TEXT_STATES = {
     "UNKNOWN": MessageState.UNKNOWN, "REJECTD": MessageState.REJECTED,
     "REJECTED": MessageState.REJECTED, "ENROUTE": MessageState.ENROUTE,
 }
-_KEYS = re.compile(r"\b(id|sub|dlvrd|submit date|done date|stat|err|text)\s*:", re.I)
+_KEYS = re.compile(r"\b(id|sub|dlvrd|submit date|done date|stat|err|text)\s*:", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Which submit_sm goes out when, sans-I/O: submit rate, retries, slow-down, expiry.
 
 The session keeps the window (how many in flight); the Sender decides what may go
-next: messages in the order given, at most `rate` per second (a token bucket), and
+next: messages in the order given (urgent ones, USSD screens, first: the network waits
+only seconds for those), at most `rate` per second (a token bucket), and
 after an error as the retry policy says. ESME_RTHROTTLED and ESME_RMSGQFUL mean the
 SMSC is overloaded, so they pause *every* message (doubling per consecutive refusal up
 to the rule's delay) and halve the rate, which then creeps back by a tenth of the
@@ -15,12 +16,18 @@ as its validity_period, so that the SMSC gives up on it too.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Union
+from typing import Any
 
 from gatewayd.smpp import pdu as P
-from gatewayd.smpp.session import (RETRY_POLICY, UNANSWERED_RULE, RetryRule, SubmitSmResp,
-                                   retry_rule)
+from gatewayd.smpp.session import (
+    RETRY_POLICY,
+    UNANSWERED_RULE,
+    RetryRule,
+    SubmitSmResp,
+    retry_rule,
+)
 from gatewayd.smpp.sms import relative_validity
 
 
@@ -29,9 +36,12 @@ class Outgoing:
     ref: Hashable
     fields: dict[str, Any]
     expires_at: float | None
-    order: int
+    order: tuple[int, int]     # (0 urgent / 1 normal, arrival)
     attempts: int = 0
     not_before: float = 0.0
+    # Refusals per command_status (None: no answer): each rule counts its own, so two
+    # throttles do not use up the tries a later ESME_RSYSERR is allowed.
+    refusals: dict[int | None, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class Expired:
     attempts: int
 
 
-Outcome = Union[Accepted, Retrying, Failed, Expired]
+Outcome = Accepted | Retrying | Failed | Expired
 
 
 @dataclass
@@ -97,11 +107,14 @@ class Sender:
         return len(self._inflight)
 
     def enqueue(self, ref: Hashable, fields: dict[str, Any], now: float,
-                expires_at: float | None = None) -> None:
+                expires_at: float | None = None, urgent: bool = False) -> None:
+        """`urgent` goes ahead of every normal message (a USSD screen ahead of SMS)."""
         if ref in self._inflight or any(o.ref == ref for o in self._queue):
             raise ValueError(f"ref {ref!r} is already queued")
         self._order += 1
-        self._queue.append(Outgoing(ref, dict(fields), expires_at, self._order, 0, now))
+        self._queue.append(Outgoing(ref, dict(fields), expires_at,
+                                    (0 if urgent else 1, self._order), 0, now))
+        self._queue.sort(key=lambda x: x.order)
 
     def ready(self, now: float, window_free: int) -> tuple[list[Outgoing], list[Expired]]:
         """What to send now (given the session's free window), and what expired."""
@@ -127,7 +140,8 @@ class Sender:
             if self.set_validity_period and o.expires_at is not None:
                 fields["validity_period"] = relative_validity(o.expires_at - now)
             self._inflight[o.ref] = o
-            out.append(Outgoing(o.ref, fields, o.expires_at, o.order, o.attempts, now))
+            out.append(Outgoing(o.ref, fields, o.expires_at, o.order, o.attempts, now,
+                                o.refusals))
         return out, expired
 
     def next_deadline(self, now: float) -> float | None:
@@ -165,8 +179,9 @@ class Sender:
     def _retry(self, o: Outgoing, rule: RetryRule, status: int | None,
                now: float) -> Outcome:
         name = P.status_name(status) if status is not None else "no answer"
-        if o.attempts >= rule.attempts:
-            return Failed(o.ref, status, f"{name} after {o.attempts} attempts", o.attempts)
+        o.refusals[status] = o.refusals.get(status, 0) + 1
+        if o.refusals[status] >= rule.attempts:
+            return Failed(o.ref, status, f"{name} {o.refusals[status]} times", o.attempts)
         if rule.slow_down:
             pause = min(rule.delay, self.initial_pause * 2 ** self._slowdowns)
             self._slowdowns += 1

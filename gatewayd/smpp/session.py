@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable, Union
+from typing import Any
 
 from gatewayd.smpp import pdu as P
 from gatewayd.smpp.pdu import DecodeError, Framer, FramingError, Pdu
@@ -113,8 +114,8 @@ class Closed:
     by_peer: bool
 
 
-Event = Union[Bound, BindFailed, SubmitSmResp, SubmitUnanswered, DeliverSm,
-              ProtocolWarning, Closed]
+Event = (Bound | BindFailed | SubmitSmResp | SubmitUnanswered | DeliverSm | ProtocolWarning
+         | Closed)
 
 
 class SessionError(Exception):
@@ -124,7 +125,7 @@ class SessionError(Exception):
 # -- retry policy ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class RetryRule:
-    attempts: int          # tries in all, the first included
+    attempts: int          # a message refused this way this many times is given up
     delay: float           # seconds before the next try
     slow_down: bool = False   # the SMSC is overloaded: the whole sender backs off
 
