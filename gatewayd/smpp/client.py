@@ -211,7 +211,8 @@ class Esme:
                     self._emit(outcome)
                 continue
             if isinstance(ev, SubmitUnanswered):
-                outcome = self.sender.on_unanswered(ev.ref, now)
+                outcome = self.sender.on_unanswered(ev.ref, now,
+                                                    connection_lost=ev.reason != "timeout")
                 if outcome is not None:
                     self._emit(outcome)
                 continue

@@ -133,8 +133,8 @@ class Reassembler:
         del self._open[group]
         self._done[group] = now + self.remember
         ordered = [g.parts[i] for i in range(1, c.total + 1)]
-        return MoMessage(part.source_addr, part.destination_addr, _text(ordered), c.total,
-                         part_key(ordered[0]))
+        return MoMessage(part.source_addr, part.destination_addr, message_text(ordered),
+                         c.total, part_key(ordered[0]))
 
     def expire(self, now: float) -> list[Incomplete]:
         out = []
@@ -145,7 +145,7 @@ class Reassembler:
                 seqs = tuple(sorted(g.parts))
                 any_part = g.parts[seqs[0]]
                 out.append(Incomplete(any_part.source_addr, any_part.destination_addr,
-                                      _text([g.parts[s] for s in seqs]), seqs,
+                                      message_text([g.parts[s] for s in seqs]), seqs,
                                       any_part.concat.total))
         for group, until in list(self._done.items()):
             if until <= now:
@@ -157,5 +157,8 @@ class Reassembler:
         return min(times) if times else None
 
 
-def _text(parts: list[MoPart]) -> str:
+def message_text(parts: list[MoPart]) -> str:
+    """The text of parts in order: octets joined first, then decoded once, so that a
+    character split across two parts still reads."""
     return decode_short_message(b"".join(p.body for p in parts), parts[0].data_coding)
+

@@ -16,6 +16,7 @@ as its validity_period, so that the SMSC gives up on it too.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +96,8 @@ class Sender:
         self._refilled_at: float | None = None
         self._slowdowns = 0
         self._order = 0
-        self._queue: list[Outgoing] = []
+        self._queue: list[Outgoing] = []     # sorted by `order`
+        self._queued_refs: set[Hashable] = set()
         self._inflight: dict[Hashable, Outgoing] = {}
 
     @property
@@ -109,12 +111,26 @@ class Sender:
     def enqueue(self, ref: Hashable, fields: dict[str, Any], now: float,
                 expires_at: float | None = None, urgent: bool = False) -> None:
         """`urgent` goes ahead of every normal message (a USSD screen ahead of SMS)."""
-        if ref in self._inflight or any(o.ref == ref for o in self._queue):
+        if ref in self._inflight or ref in self._queued_refs:
             raise ValueError(f"ref {ref!r} is already queued")
         self._order += 1
-        self._queue.append(Outgoing(ref, dict(fields), expires_at,
-                                    (0 if urgent else 1, self._order), 0, now))
-        self._queue.sort(key=lambda x: x.order)
+        self._insert(Outgoing(ref, dict(fields), expires_at,
+                              (0 if urgent else 1, self._order), 0, now))
+
+    def cancel(self, ref: Hashable) -> bool:
+        """Take a message out of the queue before it goes (False once it is in flight or
+        gone): the other parts of an SMS whose one part failed, say."""
+        if ref not in self._queued_refs:
+            return False
+        self._queue = [o for o in self._queue if o.ref != ref]
+        self._queued_refs.discard(ref)
+        return True
+
+    def _insert(self, o: Outgoing) -> None:
+        # Ordered insert: the queue is walked from the front on every release, and a
+        # full sort per message would make a deep queue quadratic.
+        bisect.insort(self._queue, o, key=lambda x: x.order)
+        self._queued_refs.add(o.ref)
 
     def ready(self, now: float, window_free: int) -> tuple[list[Outgoing], list[Expired]]:
         """What to send now (given the session's free window), and what expired."""
@@ -124,6 +140,7 @@ class Sender:
         if expired:
             gone = {e.ref for e in expired}
             self._queue = [o for o in self._queue if o.ref not in gone]
+            self._queued_refs -= gone
         out: list[Outgoing] = []
         if now < self.paused_until:
             return out, expired
@@ -133,6 +150,7 @@ class Sender:
             if o.not_before > now:
                 continue
             self._queue.remove(o)
+            self._queued_refs.discard(o.ref)
             self._tokens -= 1.0
             window_free -= 1
             o.attempts += 1
@@ -170,11 +188,18 @@ class Sender:
             return Failed(o.ref, status, f"{P.status_name(status)} is permanent", o.attempts)
         return self._retry(o, rule, status, now)
 
-    def on_unanswered(self, ref: Hashable, now: float) -> Outcome | None:
+    def on_unanswered(self, ref: Hashable, now: float,
+                      connection_lost: bool = False) -> Outcome | None:
+        """No submit_sm_resp. A timeout waits the rule's delay (the SMSC is slow); a lost
+        connection resends on the next bind at once, since reconnecting already waited
+        its backoff and holding the message longer only delays it."""
         o = self._inflight.pop(ref, None)
         if o is None:
             return None
-        return self._retry(o, self.unanswered, None, now)
+        rule = self.unanswered
+        if connection_lost:
+            rule = RetryRule(rule.attempts, 0.0)
+        return self._retry(o, rule, None, now)
 
     def _retry(self, o: Outgoing, rule: RetryRule, status: int | None,
                now: float) -> Outcome:
@@ -192,8 +217,7 @@ class Sender:
             o.not_before = now + rule.delay
         if o.expires_at is not None and o.not_before >= o.expires_at:
             return Expired(o.ref, o.attempts)
-        self._queue.append(o)
-        self._queue.sort(key=lambda x: x.order)
+        self._insert(o)
         return Retrying(o.ref, status, o.not_before, o.attempts)
 
     def _refill(self, now: float) -> None:

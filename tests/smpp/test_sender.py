@@ -132,3 +132,22 @@ def test_urgent_goes_first():
     s.enqueue("sms-2", {}, 0.0)
     s.enqueue("ussd", {}, 0.0, urgent=True)
     assert refs(s.ready(0.0, 3)[0]) == ["ussd", "sms-1", "sms-2"]
+
+
+def test_lost_connection_resends_on_the_next_bind_without_the_timeout_delay():
+    s = Sender()
+    s.enqueue("a", {}, 0.0)
+    s.ready(0.0, 1)
+    assert s.on_unanswered("a", 5.0, connection_lost=True) == Retrying("a", None, 5.0, 1)
+    assert refs(s.ready(5.0, 1)[0]) == ["a"]
+
+
+def test_cancel_takes_a_queued_message_out_but_not_one_in_flight():
+    s = Sender(rate=100.0, burst=10)
+    for ref in ("p0", "p1", "p2"):
+        s.enqueue(ref, {}, 0.0)
+    assert refs(s.ready(0.0, 1)[0]) == ["p0"]
+    assert s.cancel("p2") and not s.cancel("p0") and not s.cancel("nope")
+    assert refs(s.ready(1.0, 10)[0]) == ["p1"]
+    s.enqueue("p2", {}, 1.0)                 # the ref is free again
+    assert s.queued == 1

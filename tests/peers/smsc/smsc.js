@@ -6,17 +6,26 @@
 // Usage: node smsc.js [--port N] [--system-id ID] [--password PW]
 //          [--receipts none|one|dup|out-of-order|decimal|upper-zeros|text-only[,...]]
 //          [--throttle K] [--queue-full K] [--reject DEST=STATUS] [--first-id HEX]
+//          [--crash-after N]
 //
 // --port 0 (the default, or $SMSC_PORT) lets the OS choose; the first line printed,
 // {"event":"listening","port":N}, tells which. Every PDU received is printed as one JSON
 // line ({"event":"recv",...}), every PDU we send on command as {"event":"sent",...}.
-// Octet strings are printed as hex, and `raw` is the whole PDU as received.
+// Octet strings are printed as hex, and `raw` is the whole PDU as received. Every line
+// carries `t`, a monotonic time in milliseconds (for latency figures).
+//
+// --crash-after N: right after answering the N-th accepted submit_sm (and printing
+// that), the process kills itself with SIGKILL: no unbind, connections reset, PDUs
+// already read but not yet handled are never answered. It dies at a PDU boundary so
+// that a test can count exactly what this SMSC took responsibility for.
 //
 // Commands, one JSON object per line on stdin, sent to the newest bound receiver:
 //   {"cmd":"mo","source":"2547..","dest":"383","text":"..","parts":3,"order":"reverse",
 //    "dup":[2],"ref":42,"scheme":"udh8|udh16|sar","coding":"gsm|ucs2"}
 //   {"cmd":"ussd","source":"2547..","dest":"383","text":"*383#","op":1,"session":4608,
 //    "service_type":"USSD"}                       (session: its_session_info, or null)
+//   {"cmd":"receipt","id":"1a2b","stat":"DELIVRD","state":2,"source":"2547..","dest":"383",
+//    "text_only":false}                          one delivery receipt, as we say
 //   {"cmd":"raw","hex":"..."}                     arbitrary bytes on the socket
 //   {"cmd":"enquire_link"} {"cmd":"unbind"} {"cmd":"close"} {"cmd":"ping","id":..}
 //   {"cmd":"mute"}                                stop answering enquire_link
@@ -29,6 +38,7 @@ function parseArgs(argv) {
   const opts = {
     port: Number(process.env.SMSC_PORT || 0), systemId: 'gatewayd', password: 'secret',
     receipts: ['one'], throttle: 0, queueFull: 0, reject: {}, firstId: 0x1a2b3c00,
+    crashAfter: 0,
   };
   for (let i = 0; i < argv.length; i += 2) {
     const [key, value] = [argv[i], argv[i + 1]];
@@ -39,6 +49,7 @@ function parseArgs(argv) {
     else if (key === '--throttle') opts.throttle = Number(value);
     else if (key === '--queue-full') opts.queueFull = Number(value);
     else if (key === '--first-id') opts.firstId = parseInt(value, 16);
+    else if (key === '--crash-after') opts.crashAfter = Number(value);
     else if (key === '--reject') {
       const [dest, status] = value.split('=');
       opts.reject[dest] = Number(status);
@@ -50,7 +61,10 @@ function parseArgs(argv) {
 const opts = parseArgs(process.argv.slice(2));
 const receiptModes = new Set(opts.receipts);
 
+const started = process.hrtime.bigint();
+
 function emit(obj) {
+  obj.t = Number(process.hrtime.bigint() - started) / 1e6;
   process.stdout.write(JSON.stringify(obj, (k, v) => {
     if (v && v.type === 'Buffer' && Array.isArray(v.data)) return Buffer.from(v.data).toString('hex');
     if (v instanceof Date) return v.toISOString();
@@ -84,6 +98,7 @@ function describe(pdu, event) {
 
 const bound = [];   // sessions that may receive deliver_sm, newest last
 let submits = 0;
+let accepted = 0;
 let nextId = opts.firstId;
 
 function receipts(id, submit) {
@@ -127,12 +142,33 @@ function onSubmit(session, pdu) {
     return;
   }
   const id = (nextId++).toString(16);
+  // Printed as soon as the response is handed to the socket (node writes at once when
+  // nothing is queued), so that a crash right after leaves an exact record.
   session.send(pdu.response({ message_id: id }), null, () => {
-    emit({ event: 'submit_sm_resp', seq: pdu.sequence_number, status: 0, message_id: id });
     if (pdu.registered_delivery & 1) {
       for (const r of receipts(id, pdu)) sendDeliver(session, r, { receipt_for: id });
     }
   });
+  emit({ event: 'submit_sm_resp', seq: pdu.sequence_number, status: 0, message_id: id });
+  accepted += 1;
+  if (opts.crashAfter && accepted >= opts.crashAfter) {
+    emit({ event: 'crashing', accepted });
+    process.kill(process.pid, 'SIGKILL');
+  }
+}
+
+function receiptPdu(cmd) {
+  const text = `id:${cmd.id} sub:001 dlvrd:000 submit date:2401011200 done date:2401011201 ` +
+    `stat:${cmd.stat || 'DELIVRD'} err:${cmd.err || '000'} text:`;
+  const pdu = {
+    source_addr: cmd.source, destination_addr: cmd.dest, esm_class: 0x04,
+    short_message: Buffer.from(text, 'ascii'),
+  };
+  if (!cmd.text_only) {
+    pdu.receipted_message_id = cmd.id;
+    pdu.message_state = cmd.state === undefined ? 2 : cmd.state;
+  }
+  return pdu;
 }
 
 const server = smpp.createServer((session) => {
@@ -221,6 +257,8 @@ function onCommand(line) {
       fields.its_session_info = Buffer.from([cmd.session >> 8, cmd.session & 0xff]);
     }
     sendDeliver(session, fields);
+  } else if (cmd.cmd === 'receipt') {
+    sendDeliver(session, receiptPdu(cmd), { receipt_for: cmd.id });
   } else if (cmd.cmd === 'raw') {
     session.socket.write(Buffer.from(cmd.hex, 'hex'), () => emit({ event: 'sent_raw', hex: cmd.hex }));
   } else if (cmd.cmd === 'enquire_link') {
