@@ -131,6 +131,76 @@ CREATE TABLE kv (
 );
 """))
 
+MIGRATIONS.append((3, "SMS over SMPP: message ids of submitted parts, inbound SMS and parts", """
+-- One row per part of an SMS the SMSC accepted, with the receipt it got (if any).
+CREATE TABLE sms_parts (
+    sms_id        INTEGER NOT NULL REFERENCES sms_outbox(id),
+    part          INTEGER NOT NULL,                -- 0-based, in sending order
+    parts         INTEGER NOT NULL CHECK (parts >= 1 AND part < parts),
+    message_id    TEXT NOT NULL,                   -- as the submit_sm_resp spelled it
+    receipt       TEXT,                            -- last receipt state (DELIVERED...), NULL: none
+    receipt_error TEXT,
+    accepted_at   REAL NOT NULL,
+    receipt_at    REAL,
+    PRIMARY KEY (sms_id, part)
+);
+-- Receipts spell ids their own way (hex/decimal, case, zeros): each accepted id is
+-- filed under every key of the one rule (gatewayd.smpp.receipts.message_id_keys) and
+-- receipts are looked up by the same keys. `canon` is the id's first key: two rows
+-- under one key with different `canon` are two messages, and the receipt is refused.
+CREATE TABLE sms_message_ids (
+    id_key      TEXT NOT NULL,
+    canon       TEXT NOT NULL,
+    sms_id      INTEGER NOT NULL,
+    part        INTEGER NOT NULL,
+    accepted_at REAL NOT NULL,
+    PRIMARY KEY (id_key, sms_id, part),
+    FOREIGN KEY (sms_id, part) REFERENCES sms_parts (sms_id, part)
+);
+CREATE INDEX sms_message_ids_at ON sms_message_ids(accepted_at);
+
+-- SMS received, one row per message (a long one once reassembled), with its answer.
+CREATE TABLE sms_inbox (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,              -- idempotency key for the upstream
+    dedupe_key  TEXT NOT NULL,                     -- part key of its first part
+    msisdn      TEXT NOT NULL,                     -- the sender, 2547... when Kenyan
+    short_code  TEXT NOT NULL,                     -- destination_addr: which code they texted
+    body        TEXT NOT NULL,                     -- anything shaped like a PIN masked
+    parts       INTEGER NOT NULL,
+    complete    INTEGER NOT NULL CHECK (complete IN (0, 1)),
+    command     TEXT NOT NULL,                     -- what it was taken for (help, balance...)
+    reply_id    INTEGER REFERENCES sms_outbox(id), -- NULL: not answered
+    received_at REAL NOT NULL
+);
+CREATE INDEX sms_inbox_msisdn ON sms_inbox(msisdn, received_at);
+
+-- Every inbound part committed recently, by its part key: a deliver_sm the SMSC sends
+-- again (its deliver_sm_resp was lost) is found here and dropped. Pruned after
+-- smpp.mo_dedupe_seconds, so the same short text sent again later is a new message.
+CREATE TABLE sms_mo_seen (
+    part_key TEXT PRIMARY KEY,
+    seen_at  REAL NOT NULL
+);
+CREATE INDEX sms_mo_seen_at ON sms_mo_seen(seen_at);
+
+-- Parts of long SMS waiting for the rest: committed before each deliver_sm_resp, so
+-- a restart loses none; deleted once the message is whole or given up.
+CREATE TABLE sms_mo_parts (
+    group_key   TEXT NOT NULL,                     -- sender, code, scheme, reference, total
+    seq         INTEGER NOT NULL,
+    total       INTEGER NOT NULL CHECK (seq >= 1 AND seq <= total),
+    source_addr TEXT NOT NULL,
+    short_code  TEXT NOT NULL,
+    data_coding INTEGER NOT NULL,
+    body        BLOB NOT NULL,                     -- user data without UDH, undecoded
+    part_key    TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (group_key, seq)
+);
+CREATE INDEX sms_mo_parts_at ON sms_mo_parts(received_at);
+"""))
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -105,11 +105,13 @@ def sms_list(conn: sqlite3.Connection, state: str | None = None,
     return [dict(r) for r in conn.execute(sql, args + (limit,))]
 
 
-def _sms_changed(conn: sqlite3.Connection, sms_id: int, now: float) -> dict[str, Any]:
+def sms_changed(conn: sqlite3.Connection, sms_id: int, now: float) -> dict[str, Any]:
+    """The change-log record of an SMS whose state just changed; returns the row."""
     row = dict(conn.execute("SELECT * FROM sms_outbox WHERE id = ?", (sms_id,)).fetchone())
     changelog.record(conn, "sms", row["key"], row["state"],
                      {"key": row["key"], "msisdn": row["msisdn"], "body": row["body"],
-                      "state": row["state"], "updated_at": now}, now)
+                      "state": row["state"], "attempts": row["attempts"],
+                      "last_error": row["last_error"], "updated_at": now}, now)
     return row
 
 
@@ -126,7 +128,7 @@ def sms_retry(conn: sqlite3.Connection, sms_id: int, now: float,
         (now + ttl, now, sms_id))
     if cur.rowcount != 1:
         raise OutboxError(_why_not(conn, sms_id, "retried", "failed, expired or cancelled"))
-    return _sms_changed(conn, sms_id, now)
+    return sms_changed(conn, sms_id, now)
 
 
 def sms_cancel(conn: sqlite3.Connection, sms_id: int, now: float) -> dict[str, Any]:
@@ -135,7 +137,7 @@ def sms_cancel(conn: sqlite3.Connection, sms_id: int, now: float) -> dict[str, A
                        "WHERE id = ? AND state = 'queued'", (now, sms_id))
     if cur.rowcount != 1:
         raise OutboxError(_why_not(conn, sms_id, "cancelled", "queued"))
-    return _sms_changed(conn, sms_id, now)
+    return sms_changed(conn, sms_id, now)
 
 
 def _why_not(conn: sqlite3.Connection, sms_id: int, verb: str, allowed: str) -> str:
