@@ -85,6 +85,9 @@ def ksh(cents: int) -> str:
     return f"Ksh {cents // 100:,}"
 
 
+from store.changelog import _ms  # noqa: E402  the store's own rounding, not a copy
+
+
 class Village:
     """Records as store/lending.py, settlement.py, outbox.py and ledger.py write them."""
 
@@ -96,7 +99,9 @@ class Village:
         self.now += self.rng.expovariate(1 / 20.0) + self.rng.getrandbits(20) / 1e7
 
     def emit(self, entity: str, key: str, op: str, payload: dict[str, Any]) -> None:
-        self.out.append(Record(len(self.out) + 1, entity, key, op, payload, self.now))
+        # store.changelog keeps timestamps to the millisecond, and so does this model.
+        payload = {k: _ms(v) for k, v in payload.items()}
+        self.out.append(Record(len(self.out) + 1, entity, key, op, payload, _ms(self.now)))
 
     def key(self, kind: str) -> str:   # store.outbox.new_key: secrets.token_hex(6)
         return f"{SITE}-{kind}-{self.rng.getrandbits(48):012x}"
@@ -261,7 +266,7 @@ def what_ifs(recs: list[Record]) -> dict[str, list[Record]]:
                            {**r.payload, **({"key": key} if "key" in r.payload else {})}, r.at))
     no_body = [Record(r.seq, r.entity, r.key, r.op,
                       {k: v for k, v in r.payload.items() if k != "body"}, r.at) for r in both]
-    return {"clock rounded to ms": rounded, "+ keys from seq": both, "+ no SMS body": no_body}
+    return {"keys from seq": both, "+ no SMS body": no_body}
 
 
 # -- CPU: codecs, levels, caps, layouts ----------------------------------------------------
