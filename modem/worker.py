@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,16 +51,20 @@ GARBAGE_LIMIT = 3
 
 
 class _NoPin(logging.Filter):
-    """python-gsmmodem-new logs every command at debug level, AT+CPIN="1234" included."""
+    """python-gsmmodem-new logs every command at debug level, AT+CPIN="1234" included,
+    and every answer, which holds the command's echo while echo is still on."""
+
+    _PIN = re.compile(r'(CPIN=)"?\d+"?')
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args and any("CPIN=" in str(a) for a in record.args):
-            record.args = tuple("AT+CPIN=<hidden>" if "CPIN=" in str(a) else a
+            record.args = tuple(self._PIN.sub(r"\1<hidden>", str(a)) if "CPIN=" in str(a) else a
                                 for a in record.args)
         return True
 
 
-logging.getLogger("gsmmodem.modem.GsmModem").addFilter(_NoPin())
+for _name in ("gsmmodem.modem.GsmModem", "gsmmodem.serial_comms.SerialComms"):
+    logging.getLogger(_name).addFilter(_NoPin())
 
 
 # Inbound things go to the pool: SmsIn / Undecodable as they are, status reports as

@@ -50,12 +50,13 @@ _NO_PIN_NEEDED = {"AT", "ATZ", "ATE0", "ATE1", "AT+CMEE=1", "AT+CFUN?", "AT+CFUN
 class FakeModem:
     def __init__(self, link: Path, *, profile: Any = None, send_delay: float = 0.0,
                  imsi: str = "639020000000001", operator: str = "Safaricom", rssi: int = 20,
-                 pin: str | None = None, mr_start: int = 0) -> None:
+                 pin: str | None = None, strict_pin: bool = False, mr_start: int = 0) -> None:
         self.link = Path(link)
         self.profile = profile
         self.send_delay = send_delay
         self.imsi, self.operator, self.rssi, self.creg = imsi, operator, rssi, 1
         self.pin, self.pin_locked = pin, pin is not None
+        self.strict_pin = strict_pin     # refuse even ATZ until the PIN is in (some do)
         self.mr = mr_start
         self.cond = threading.Condition(threading.RLock())
         self.storage: dict[str, dict[int, tuple[int, str, int]]] = {"SM": {}, "ME": {}, "SR": {}}
@@ -286,7 +287,8 @@ class FakeModem:
         c = cmd.upper()
         if self.babble:
             return self._send(b"\r\n\x8f\xa3#\x00!\r\n\r\nOK\r\n")
-        if self.pin_locked and not (c.startswith("AT+CPIN") or c in _NO_PIN_NEEDED):
+        allowed = _NO_PIN_NEEDED - ({"ATZ"} if self.strict_pin else set())
+        if self.pin_locked and not (c.startswith("AT+CPIN") or c in allowed):
             return self._reply("+CME ERROR: 11")
         simple = {
             "AT": (), "ATZ": (), "ATE0": (), "ATE1": (), "AT+CMEE=1": (),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from modem.events import SendFailed, SmsIn, Submitted
@@ -92,11 +94,13 @@ async def test_hang_while_sending_hands_over_to_the_other_modem(fakes, recorder)
         a.unhang()
 
 
-async def test_sim_pin(fakes, recorder):
-    fake = fakes(pin="4321")
+async def test_sim_pin_is_entered_and_never_logged(fakes, recorder, caplog):
+    caplog.set_level(logging.DEBUG, logger="gsmmodem")   # the library logs every command
+    fake = fakes(pin="4321", strict_pin=True)            # ATZ refused: PIN entered, echo on
     async with running([fast(fake.link, pin="4321")], recorder) as pool:
         assert 'AT+CPIN="4321"' in fake.commands
         assert "4321" not in repr(pool.configs[0])
+    assert "CPIN=<hidden>" in caplog.text and "4321" not in caplog.text
 
 
 async def test_wrong_pin_is_not_tried_again(fakes, recorder):
