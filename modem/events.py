@@ -93,12 +93,14 @@ class Submitted:
 class SendFailed:
     """A send attempt failed. `final` False: the SMS went back to the pool's queue
     for another try (another modem when there is one); True: it was given up (a
-    permanent +CMS ERROR, or too many attempts)."""
+    permanent +CMS ERROR, too many attempts, or `expired`: its deadline passed while
+    it waited, and it was not sent at all)."""
     outbox_id: int
     modem: str | None
     error: str
     attempts: int
     final: bool
+    expired: bool = False
 
 
 Event = SmsIn | StatusReport | Undecodable | Submitted | SendFailed

@@ -14,6 +14,7 @@ returns are they deleted from the SIM (see modem/worker.py).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,11 +33,14 @@ from modem.worker import ModemDown, ModemWorker, NotSent, SendError
 log = structlog.get_logger("gatewayd.modem")
 
 DEFAULT_MAX_ATTEMPTS = 5
+# Validity is counted in hours; checking the waiting SMS twice a minute is plenty.
+SWEEP_SECONDS = 30.0
 
 
 @dataclass
 class _Item:
     sms: OutgoingSms
+    deadline: float | None = None       # wall clock (time.time()), as the outbox keeps it
     attempts: int = 0
     tried: set[str] = field(default_factory=set)
 
@@ -72,16 +76,19 @@ class ModemPool:
                 await nursery.start(w.run)
                 nursery.start_soon(self._sender, w)
             nursery.start_soon(self._dispatcher)
+            nursery.start_soon(self._sweeper)
             task_status.started()
 
     # -- the daemon's side ------------------------------------------------------------
-    def submit(self, outbox_id: int, msisdn: str, text: str) -> bool:
+    def submit(self, outbox_id: int, msisdn: str, text: str,
+               deadline: float | None = None) -> bool:
         """Queue an outbox row. False if that row is already in the pool (the outbox
-        dispatcher may offer a row again while it is being sent)."""
+        dispatcher may offer a row again while it is being sent). `deadline` (wall
+        clock, like the outbox's expires_at): not sent after it, SendFailed(expired)."""
         if outbox_id in self._ids:
             return False
         self._ids.add(outbox_id)
-        self._queue.append(_Item(OutgoingSms(outbox_id, msisdn, text)))
+        self._queue.append(_Item(OutgoingSms(outbox_id, msisdn, text), deadline))
         self._poke()
         return True
 
@@ -98,6 +105,12 @@ class ModemPool:
 
     def holds(self, outbox_id: int) -> bool:
         return outbox_id in self._ids
+
+    @property
+    def held(self) -> frozenset[int]:
+        """Outbox ids in the pool (queued, lined up or being sent): what the outbox
+        dispatcher must not offer again, nor expire behind the pool's back."""
+        return frozenset(self._ids)
 
     def remember(self, outbox_id: int, modem: str, references: Sequence[int], msisdn: str) -> None:
         """After a restart, tell the pool which TP-MRs the store knows of, so that
@@ -176,9 +189,12 @@ class ModemPool:
                 self._work[w.name] = trio.Event()
                 await self._work[w.name].wait()
             item = self._lined_up[w.name].popleft()
+            event: Event
+            if item.deadline is not None and time.time() > item.deadline:
+                await self._emit(self._expired(item))
+                continue
             self._sending[w.name] = item
             item.attempts += 1
-            event: Event
             try:
                 refs = await w.send(item.sms)
             except NotSent:
@@ -198,6 +214,23 @@ class ModemPool:
                 self._sending[w.name] = None
                 self._poke()
             await self._emit(event)
+
+    async def _sweeper(self) -> None:
+        """SMS past their deadline leave the queue even when no modem is up to take
+        them: the outbox must learn they expired."""
+        while True:
+            await trio.sleep(SWEEP_SECONDS)
+            now = time.time()
+            for q in (self._queue, *self._lined_up.values()):
+                for item in [i for i in q if i.deadline is not None and now > i.deadline]:
+                    q.remove(item)
+                    await self._emit(self._expired(item))
+
+    def _expired(self, item: _Item) -> SendFailed:
+        self._ids.discard(item.sms.outbox_id)
+        self.failed += 1
+        return SendFailed(item.sms.outbox_id, None, "not sent within its validity",
+                          item.attempts, final=True, expired=True)
 
     def _failed(self, item: _Item, w: ModemWorker, error: Exception) -> SendFailed:
         permanent = isinstance(error, SendError) and error.permanent

@@ -4,6 +4,7 @@ failures handed back to the queue and on to another modem."""
 from __future__ import annotations
 
 import gsmmodem.pdu as lib
+import trio
 
 from modem import pdu as P
 from modem.events import SendFailed, StatusReport, Submitted
@@ -141,3 +142,26 @@ def test_cancel_before_sending(tmp_path, recorder):
     assert pool.submit(5, BOB, "later") and pool.queued == 1
     assert pool.cancel(5) and not pool.holds(5) and pool.queued == 0
     assert not pool.cancel(5)
+
+
+async def test_past_their_deadline_they_expire_not_go(fakes, recorder, monkeypatch):
+    import time
+
+    import modem.pool
+    monkeypatch.setattr(modem.pool, "SWEEP_SECONDS", 0.05)
+    fake = fakes()
+    fake.hang()                                        # nothing can be sent for now
+    cfg = fast(fake.link, at_timeout=0.3)
+    pool = modem.pool.ModemPool([cfg], recorder, min_backoff=0.05, max_backoff=0.1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        pool.submit(1, BOB, "stale soon", deadline=time.time() + 0.2)
+        pool.submit(2, BOB, "still fresh", deadline=time.time() + 3600)
+        assert pool.held == {1, 2}
+        [gone] = await recorder.wait_count(SendFailed, 1)
+        assert (gone.outbox_id, gone.final, gone.expired, gone.attempts) == (1, True, True, 0)
+        assert pool.held == {2}
+        fake.unhang()
+        [sub] = await recorder.wait_count(Submitted, 1)
+        assert sub.outbox_id == 2 and len(fake.sent) == 1
+        nursery.cancel_scope.cancel()
