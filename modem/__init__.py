@@ -11,6 +11,7 @@ Sans-I/O (no trio, no clock: every time is an explicit `now`):
 - `inbox`   multipart reassembly with a timeout, duplicate keys, TP-MR -> outbox matching
 - `config`  one `[[modems]]` table -> ModemConfig, errors that name the key
 - `events`  what comes out (SmsIn, StatusReport, Undecodable, Submitted, SendFailed)
+- `view`    `gatewayd modems`: the operator's table from `pool.status()` rows
 
 Trio shells: `serialmodem` (GsmModem with our port handling; blocking), `worker` (one
 modem: open, watch, read, send, reopen with backoff), `pool` (all of them).
@@ -20,10 +21,12 @@ The daemon's side::
     pool = ModemPool(settings.modems, commit)      # list of dicts (or ModemConfig)
     await nursery.start(supervisor.run, "modems", pool.run)
 
-    pool.submit(outbox_id, msisdn, text)  # an sms_outbox row; False if already held
-    pool.cancel(outbox_id)                # cancelled or expired before it went out
+    pool.submit(outbox_id, msisdn, text, deadline)   # an sms_outbox row; False if held
+    pool.held                             # ids in the pool: don't offer or expire them
+    pool.cancel(outbox_id)                # an operator cancelled it before it went out
     pool.remember(outbox_id, modem, references, msisdn)   # at start: TP-MRs from the store
     pool.status()                         # one dict per modem (see ModemWorker.health)
+    view.table(pool.status(), pool.queued)  # what `gatewayd modems` prints
     pool.healthy()                        # some modem can send
     pool.queued                           # SMS waiting for a modem
 
@@ -36,7 +39,8 @@ The daemon's side::
 - Submitted: the SMSC took every part; store `references` (the TP-MRs, per part) and
   the modem's name with the outbox row: status reports name them.
 - SendFailed: `final` False is one failed attempt (the SMS is queued again, on another
-  modem when there is one); True means give up (permanent +CMS ERROR or max attempts).
+  modem when there is one); True means give up (permanent +CMS ERROR, max attempts,
+  or `expired`: its deadline passed before any modem could send it).
 
 A modem that hangs (no answer within `at_timeout`), answers only garbage, or
 disappears (EOF on the port) is closed and reopened with backoff, under the same

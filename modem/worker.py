@@ -264,11 +264,12 @@ class ModemWorker(Receiving):
                 h = {"answered": False, "error": str(e)}
             if h["answered"]:
                 self._bad_answers = 0
-                before = self.sendable
+                before = (self.registration, self.operator)
                 self.rssi, self.registration = h["rssi"], h["registration"]
                 self.operator = h["operator"] or self.operator
-                if self.sendable != before:
-                    log.info("modem_registration", modem=self.name,
+                if (self.registration, self.operator) != before:
+                    # The pool re-plans (a modem off the network gets nothing to send).
+                    log.info("modem_registration", modem=self.name, operator=self.operator,
                              registration=at.REGISTRATION.get(self.registration))
                     self._on_state(self)
             else:
