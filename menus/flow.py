@@ -99,7 +99,7 @@ def locked_screen(ctx: Ctx, st: State, user: User) -> Reply:
 def who(name: str | None, msisdn: str, width: int | None = None) -> str:
     """How a villager is named on a screen: their registered name, else their number;
     cut to `width` for a list line."""
-    shown = name or phone.local(msisdn)
+    shown = name or (phone.local(msisdn) if msisdn else "")
     return shown[:width].rstrip() if width else shown
 
 

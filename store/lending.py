@@ -70,7 +70,7 @@ def _user_payload(row: sqlite3.Row) -> dict[str, Any]:
             "updated_at": row["updated_at"]}
 
 
-def _user_changed(conn: sqlite3.Connection, user_id: int, op: str, now: float) -> None:
+def user_changed(conn: sqlite3.Connection, user_id: int, op: str, now: float) -> None:
     row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
     changelog.record(conn, "user", row["msisdn"], op, _user_payload(row), now)
 
@@ -92,40 +92,40 @@ def pin_hash_of(conn: sqlite3.Connection, msisdn: str) -> str | None:
     return row[0] if row else None
 
 
-def _ensure_user(conn: sqlite3.Connection, msisdn: str, lang: str, now: float) -> int:
+def ensure_user(conn: sqlite3.Connection, msisdn: str, lang: str, now: float) -> int:
     row = conn.execute("SELECT id FROM users WHERE msisdn = ?", (msisdn,)).fetchone()
     if row:
         return int(row[0])
     user_id = int(conn.execute(
         "INSERT INTO users (msisdn, lang, created_at, updated_at) VALUES (?, ?, ?, ?)",
         (msisdn, lang, now, now)).lastrowid)
-    _user_changed(conn, user_id, "invited", now)
+    user_changed(conn, user_id, "invited", now)
     return user_id
 
 
 def register(conn: sqlite3.Connection, msisdn: str, name: str, lang: str, pin_hash: str,
              now: float) -> User:
     """First dial: a new villager, or one who was asked for a loan before dialling."""
-    user_id = _ensure_user(conn, msisdn, lang, now)
+    user_id = ensure_user(conn, msisdn, lang, now)
     cur = conn.execute(
         "UPDATE users SET name = ?, lang = ?, pin_hash = ?, pin_failures = 0, "
         "registered_at = ?, updated_at = ? WHERE id = ? AND pin_hash IS NULL",
         (name, lang, pin_hash, now, now, user_id))
     if cur.rowcount != 1:
         raise LendingError("already_registered")
-    _user_changed(conn, user_id, "registered", now)
+    user_changed(conn, user_id, "registered", now)
     return user_by_id(conn, user_id)
 
 
 def set_language(conn: sqlite3.Connection, user_id: int, lang: str, now: float) -> None:
     conn.execute("UPDATE users SET lang = ?, updated_at = ? WHERE id = ?", (lang, now, user_id))
-    _user_changed(conn, user_id, "language", now)
+    user_changed(conn, user_id, "language", now)
 
 
 def set_pin(conn: sqlite3.Connection, user_id: int, pin_hash: str, now: float) -> None:
     conn.execute("UPDATE users SET pin_hash = ?, pin_failures = 0, updated_at = ? WHERE id = ?",
                  (pin_hash, now, user_id))
-    _user_changed(conn, user_id, "pin_changed", now)
+    user_changed(conn, user_id, "pin_changed", now)
 
 
 def pin_failed(conn: sqlite3.Connection, user_id: int, now: float, attempts: int,
@@ -138,7 +138,7 @@ def pin_failed(conn: sqlite3.Connection, user_id: int, now: float, attempts: int
         return attempts - failures
     conn.execute("UPDATE users SET pin_failures = 0, locked_until = ?, updated_at = ? "
                  "WHERE id = ?", (now + lock_seconds, now, user_id))
-    _user_changed(conn, user_id, "locked", now)
+    user_changed(conn, user_id, "locked", now)
     return 0
 
 
@@ -212,7 +212,7 @@ def request_loan(conn: sqlite3.Connection, borrower: User, lender_msisdn: str,
         raise LendingError("instalment_range")
     if open_requests(conn, borrower.id) >= max_open:
         raise LendingError("too_many_requests", limit=max_open)
-    lender_id = _ensure_user(conn, lender_msisdn, borrower.lang, now)
+    lender_id = ensure_user(conn, lender_msisdn, borrower.lang, now)
     loan_id = int(conn.execute(
         "INSERT INTO loans (ref, borrower_id, lender_id, principal_cents, instalment_cents, "
         "state, expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?)",
@@ -331,7 +331,7 @@ def postings_of(conn: sqlite3.Connection, user_id: int, offset: int,
         "       CASE WHEN l.borrower_id = ? THEN k.name ELSE b.name END AS other_name, "
         "       CASE WHEN l.borrower_id = ? THEN k.msisdn ELSE b.msisdn END AS other_msisdn "
         "FROM ledger_postings p JOIN ledger_txns t ON t.id = p.txn_id "
-        "JOIN loans l ON l.id = t.loan_id JOIN users b ON b.id = l.borrower_id "
-        "JOIN users k ON k.id = l.lender_id "
+        "LEFT JOIN loans l ON l.id = t.loan_id LEFT JOIN users b ON b.id = l.borrower_id "
+        "LEFT JOIN users k ON k.id = l.lender_id "
         "WHERE p.user_id = ? ORDER BY t.id DESC, p.id DESC LIMIT ? OFFSET ?",
         (user_id, user_id, user_id, limit, offset)).fetchall()

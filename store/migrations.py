@@ -201,6 +201,44 @@ CREATE TABLE sms_mo_parts (
 CREATE INDEX sms_mo_parts_at ON sms_mo_parts(received_at);
 """))
 
+MIGRATIONS.append((4, "upstream changes applied once; money received paid on", """
+-- Each change the upstream sends is applied once, by its id (results arrive twice).
+CREATE TABLE inbound_applied (
+    id         TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    applied_at REAL NOT NULL
+);
+
+-- Money received for a villager is paid on to them (less any instalment deducted):
+-- a new purpose, and actions no longer always belong to a loan. SQLite cannot alter a
+-- CHECK, so the table is rebuilt; nothing references it.
+CREATE TABLE mpesa_actions_v4 (
+    id           INTEGER PRIMARY KEY,
+    key          TEXT NOT NULL UNIQUE,
+    kind         TEXT NOT NULL CHECK (kind IN ('stk_push', 'b2c')),
+    purpose      TEXT NOT NULL CHECK (purpose IN
+                    ('loan_funding', 'loan_payout', 'repayment', 'repayment_forward',
+                     'lender_refund', 'remainder_payout')),
+    loan_id      INTEGER REFERENCES loans(id),
+    msisdn       TEXT NOT NULL,
+    amount_cents INTEGER NOT NULL CHECK (amount_cents > 0 AND amount_cents % 100 = 0),
+    state        TEXT NOT NULL DEFAULT 'queued' CHECK (state IN
+                    ('queued', 'sent', 'succeeded', 'failed', 'unknown')),
+    receipt      TEXT,
+    result_code  TEXT,
+    result_desc  TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL
+);
+INSERT INTO mpesa_actions_v4 SELECT * FROM mpesa_actions;
+DROP TABLE mpesa_actions;
+ALTER TABLE mpesa_actions_v4 RENAME TO mpesa_actions;
+CREATE INDEX mpesa_actions_open ON mpesa_actions(state) WHERE state IN ('queued', 'sent', 'unknown');
+CREATE INDEX mpesa_actions_loan ON mpesa_actions(loan_id);
+"""))
+
 LATEST = MIGRATIONS[-1][0]
 
 

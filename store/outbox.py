@@ -18,7 +18,7 @@ SMS_TTL_SECONDS = 24 * 3600
 
 MPESA_KINDS = {"loan_funding": "stk_push", "loan_payout": "b2c",
                "repayment": "stk_push", "repayment_forward": "b2c",
-               "lender_refund": "b2c"}
+               "lender_refund": "b2c", "remainder_payout": "b2c"}
 
 
 def new_key(site: str, prefix: str) -> str:
@@ -38,8 +38,8 @@ def queue_sms(conn: sqlite3.Connection, site: str, msisdn: str, body: str, now: 
     return int(cur.lastrowid)
 
 
-def queue_mpesa(conn: sqlite3.Connection, site: str, purpose: str, loan_id: int,
-                loan_ref: str, msisdn: str, amount_cents: int, now: float) -> str:
+def queue_mpesa(conn: sqlite3.Connection, site: str, purpose: str, loan_id: int | None,
+                loan_ref: str | None, msisdn: str, amount_cents: int, now: float) -> str:
     kind = MPESA_KINDS[purpose]
     key = new_key(site, "mp")
     conn.execute(
@@ -64,7 +64,7 @@ def _action_payload(row: sqlite3.Row, loan_ref: str) -> dict[str, Any]:
 
 def action_changed(conn: sqlite3.Connection, key: str, now: float) -> None:
     row = conn.execute(
-        "SELECT a.*, l.ref AS loan_ref FROM mpesa_actions a JOIN loans l ON l.id = a.loan_id "
+        "SELECT a.*, l.ref AS loan_ref FROM mpesa_actions a LEFT JOIN loans l ON l.id = a.loan_id "
         "WHERE a.key = ?", (key,)).fetchone()
     changelog.record(conn, "mpesa_action", key, row["state"],
                      _action_payload(row, row["loan_ref"]), now)
@@ -74,7 +74,7 @@ def mpesa_actions(conn: sqlite3.Connection, state: str | None = None,
                   limit: int = 100) -> list[dict[str, Any]]:
     sql = ("SELECT a.key, a.kind, a.purpose, l.ref AS loan_ref, a.msisdn, a.amount_cents, "
            "a.state, a.receipt, a.result_code, a.created_at, a.updated_at "
-           "FROM mpesa_actions a JOIN loans l ON l.id = a.loan_id")
+           "FROM mpesa_actions a LEFT JOIN loans l ON l.id = a.loan_id")
     args: tuple = ()
     if state:
         sql += " WHERE a.state = ?"

@@ -4,6 +4,10 @@ A loan's money moves in four actions: the funding collection from the lender (ST
 push), the payout to the borrower (B2C), each repayment collected from the borrower
 (STK push) and forwarded to the lender (B2C). A result for an action already settled
 is ignored — results arrive twice — so the caller may apply at least once.
+
+Money received for a villager (paid to the service's paybill on their account) is the
+seed's automatic repayment: the instalment of their oldest active loan is deducted and
+forwarded to the lender, and the rest is paid on to the villager.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ def apply_mpesa_result(conn: sqlite3.Connection, site: str, key: str, succeeded:
                  "result_desc = ?, updated_at = ? WHERE id = ?",
                  (state, receipt, result_code, result_desc, now, action["id"]))
     outbox.action_changed(conn, key, now)
+    if action["purpose"] == "remainder_payout":
+        return True, _settle_remainder(conn, action, succeeded, now, receipt,
+                                       result_desc or result_code or "")
     loan = lending.get_loan(conn, action["loan_id"])
     assert loan is not None
     ref, amount, purpose = loan["ref"], action["amount_cents"], action["purpose"]
@@ -83,3 +90,62 @@ def apply_mpesa_result(conn: sqlite3.Connection, site: str, key: str, succeeded:
         if succeeded:
             post("lender_refund", [(f"escrow:{ref}", amount, None), ("mpesa", -amount, k)])
     return True, notices
+
+
+def _settle_remainder(conn: sqlite3.Connection, action: sqlite3.Row, succeeded: bool,
+                      now: float, receipt: str | None, reason: str) -> list[Notice]:
+    amount, msisdn = action["amount_cents"], action["msisdn"]
+    if not succeeded:
+        # The money stays owed to the villager (payable:<msisdn>); the operator sees the
+        # failed action and settles it by hand.
+        return [Notice(msisdn, "remainder_failed", {"paid": amount, "reason": reason})]
+    user = lending.get_user(conn, msisdn)
+    ledger.post(conn, "remainder_paid", [(f"payable:{msisdn}", amount, None),
+                                         ("mpesa", -amount, user.id if user else None)],
+                now, receipt=receipt)
+    return []
+
+
+def money_received(conn: sqlite3.Connection, site: str, msisdn: str, amount_cents: int,
+                   receipt: str, now: float) -> list[Notice]:
+    """Money paid in for `msisdn`: deduct the instalment of their oldest active loan (at
+    most what is still owed and not already being repaid), forward it to the lender, and
+    pay the rest on to the villager. The caller makes this once per receipt."""
+    if amount_cents <= 0 or amount_cents % 100:
+        raise LendingError("amount_not_whole_shillings")
+    user = lending.get_user(conn, msisdn)
+    if user is None:
+        user = lending.user_by_id(conn, lending.ensure_user(conn, msisdn, "en", now))
+    loan = next((r for r in lending.repayable(conn, user.id, 0, 50)
+                 if r["outstanding_cents"] - r["repaying_cents"] > 0), None)
+    ledger.post(conn, "money_received", [("mpesa", amount_cents, user.id),
+                                         (f"payable:{msisdn}", -amount_cents, None)],
+                now, loan_id=loan["id"] if loan else None, loan_ref=loan["ref"] if loan else None,
+                receipt=receipt)
+    deducted = 0
+    notices: list[Notice] = []
+    if loan is not None:
+        room = loan["outstanding_cents"] - loan["repaying_cents"]
+        deducted = min(amount_cents, loan["instalment_cents"], room) // 100 * 100
+    if deducted:
+        ref = loan["ref"]
+        ledger.post(conn, "auto_repayment", [(f"payable:{msisdn}", deducted, None),
+                                             (f"loan:{ref}", -deducted, user.id)],
+                    now, loan_id=loan["id"], loan_ref=ref, receipt=receipt)
+        outbox.queue_mpesa(conn, site, "repayment_forward", loan["id"], ref,
+                           loan["lender_msisdn"], deducted, now)
+        left = ledger.balance(conn, f"loan:{ref}")
+        if left <= 0:
+            lending.set_state(conn, loan["id"], ("active",), "repaid", now)
+        params = {**lending.loan_params(loan), "received": amount_cents, "paid": deducted,
+                  "balance": left, "receipt": receipt}
+        notices += [Notice(msisdn, "money_received_deducted", params),
+                    Notice(loan["lender_msisdn"], "repaid_lender", params)]
+    remainder = amount_cents - deducted
+    if remainder:
+        outbox.queue_mpesa(conn, site, "remainder_payout", loan["id"] if loan else None,
+                           loan["ref"] if loan else None, msisdn, remainder, now)
+        if not deducted:
+            notices.append(Notice(msisdn, "money_received", {"received": amount_cents,
+                                                             "receipt": receipt}))
+    return notices
