@@ -9,11 +9,10 @@ import time
 
 import hypercorn.config
 import hypercorn.trio
-import pytest
 import trio
 
 from gatewayd.sync_api import SyncApp
-from store import inbound, lending, settlement
+from store import inbound, lending
 from sync.auth import H_NONCE, Verifier, sign, sign_response, verify_response
 from sync.batch import decode_batch
 from sync.checkpoint import Ack
