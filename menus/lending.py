@@ -161,7 +161,7 @@ def _sms_params(p: dict[str, Any]) -> dict[str, Any]:
         reason = "".join(c if gsm0338.is_gsm7(c) and c not in "\r\n" else " " for c in reason)
         reason = " ".join(reason.split())
         out["reason"] = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 2] + ".."
-    for k in ("amount", "instalment", "paid", "balance"):
+    for k in ("amount", "instalment", "paid", "balance", "received"):
         if k in out and isinstance(out[k], int):
             out[k] = ksh(out[k])
     for role in ("borrower", "lender"):

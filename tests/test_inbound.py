@@ -123,3 +123,17 @@ def test_account_change_unlocks_and_renames(conn):
     env = envelope(1, {"kind": "account_change", "seq": 2, "id": "a-2", "msisdn": BARAKA,
                        "unlock": True})
     assert inbound.apply(conn, SITE, env.changes, 2, 5.0)[0] == {"refused:no_such_villager": 1}
+
+
+def test_the_seed_sms_for_an_automatic_deduction(conn, texts):
+    from menus import lending as app
+    loan = active_loan(conn)
+    env = envelope(0, {"kind": "money_received", "seq": 1, "id": "m-1", "msisdn": AMINA,
+                       "amount_cents": 120_000, "receipt": "QM1000001"})
+    _, notices = inbound.apply(conn, SITE, env.changes, 1, 10.0)
+    ctx = app.Ctx(conn=conn, msisdn="", now=10.0, settings=app.Settings(site=SITE), texts=texts)
+    app.queue_notices(ctx, notices)
+    bodies = dict(conn.execute("SELECT msisdn, body FROM sms_outbox WHERE created_at = 10.0"))
+    assert bodies[AMINA] == (f"Ksh 1,200 received. Ksh 500 deducted for loan {loan['ref']}. "
+                             f"New balance Ksh 4,500. Receipt QM1000001")
+    assert bodies[BARAKA].startswith("Amina amelipa Ksh 500. Bado anadaiwa Ksh 4,500.")

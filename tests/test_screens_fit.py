@@ -45,7 +45,7 @@ def worst(t: Texts) -> dict[str, object]:
     return {
         "service": SERVICE, "name": NAME, "borrower_name": NAME, "lender_name": NAME,
         "who": LABEL, "lender": LABEL, "borrower": PHONE,
-        "amount": BIG, "instalment": BIG, "paid": BIG, "balance": BIG,
+        "amount": BIG, "instalment": BIG, "paid": BIG, "balance": BIG, "received": BIG,
         "owe": TOTAL, "owed": TOTAL, "requests_amount": TOTAL, "actions_amount": TOTAL,
         "min": "250,000", "max": "250,000",
         "n": app.LIST_CAP, "count": 99, "requests": 999, "actions": 999,
