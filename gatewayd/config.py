@@ -83,6 +83,23 @@ def _nonempty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
 
+def _c_string(limit: int, *, required: bool = False) -> Callable[[Any], str | None]:
+    """SMPP C-octet strings have a fixed maximum (3.4 §5.2); longer ones are refused by
+    the SMSC with a bind error that does not say which field was too long."""
+    def check(v: str) -> str | None:
+        if required and not v.strip():
+            return "must not be empty"
+        if len(v) > limit or not v.isascii() or any(c.isspace() for c in v):
+            return f"must be at most {limit} ASCII characters without spaces"
+        return None
+    return check
+
+
+def _ussd_profile(v: str) -> str | None:
+    from gatewayd.smpp.ussd import PROFILES
+    return None if v in PROFILES else f"must be one of {', '.join(PROFILES)}"
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "site": {
         "id": Key(str, "site-1", "This box's id upstream; unique per site, never changed.", _site_id),
@@ -135,6 +152,53 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pin_lock_minutes": Key(float, 30.0, "How long a lock lasts.", _range(1, 7 * 24 * 60)),
         "pin_hash_log2_n": Key(int, 12, "scrypt cost (2^N); 12 is about 6 ms and 4 MiB here. "
                                "Memory is 2^(N+10) bytes per hash in flight.", _range(10, 16)),
+    },
+    "smpp": {
+        "enabled": Key(bool, False, "Bind to the operator's SMSC for SMS and USSD. Off by "
+                       "default: the box then serves USSD over HTTP only."),
+        "host": Key(str, "127.0.0.1", "The SMSC's address (IP or host name).",
+                    _c_string(253, required=True)),
+        "port": Key(int, 2775, "The SMSC's port.", _range(1, 65535)),
+        "system_id": Key(str, "", "Bind user name from the operator (at most 15 characters).",
+                         _c_string(15)),
+        "password": Key(str, "", "Bind password (at most 8 characters).", _c_string(8)),
+        "system_type": Key(str, "", "Often empty; some operators ask for one.", _c_string(12)),
+        "bind_mode": Key(str, "transceiver", "transceiver (one bind both ways) or pair (a "
+                         "transmitter and a receiver bind).", _choice("transceiver", "pair")),
+        "window": Key(int, 10, "submit_sm in flight at once, unanswered.", _range(1, 1000)),
+        "submit_rate": Key(float, 20.0, "submit_sm per second at most (the operator's TPS).",
+                           _range(0.1, 10000)),
+        "throttle_pause_seconds": Key(float, 1.0, "First pause of every message after "
+                                      "ESME_RTHROTTLED or ESME_RMSGQFUL; doubles while the "
+                                      "SMSC keeps refusing.", _range(0.01, 60)),
+        "enquire_link_seconds": Key(float, 30.0, "Probe an idle bind this often.",
+                                    _range(1, 600)),
+        "response_timeout_seconds": Key(float, 10.0, "How long a request may go unanswered.",
+                                        _range(0.5, 120)),
+        "reconnect_max_seconds": Key(float, 60.0, "Longest wait between reconnects (the "
+                                     "wait doubles from 1 s, jittered).", _range(0.1, 3600)),
+        "bad_credentials_retry_seconds": Key(float, 300.0, "Wait after a bind refused for bad "
+                                             "credentials.", _range(0.1, 86400)),
+        "source_addr": Key(str, "383", "The short code SMS come from.",
+                           _c_string(20, required=True)),
+        "source_addr_ton": Key(int, 0, "Its type of number (0 unknown, 3 network specific, "
+                               "5 alphanumeric).", _range(0, 6)),
+        "source_addr_npi": Key(int, 0, "Its numbering plan (0 unknown, 1 E.164).",
+                               _range(0, 18)),
+        "long_sms": Key(str, "udh", "Long SMS as concatenated parts (udh) or one "
+                        "message_payload the SMSC splits.", _choice("udh", "message_payload")),
+        "sms_validity_hours": Key(float, 24.0, "An SMS not sent this long after it was queued "
+                                  "expires instead.", _range(0.05, 168)),
+        "submit_id_format": Key(str, "auto", "How submit_sm_resp spells message ids: auto, "
+                                "hex, dec or text.", _choice("auto", "hex", "dec", "text")),
+        "receipt_id_format": Key(str, "auto", "How delivery receipts spell them: auto, hex, "
+                                 "dec or text.", _choice("auto", "hex", "dec", "text")),
+        "ussd_profile": Key(str, "standard", "The USSD gateway's dialect.", _ussd_profile),
+        "mo_dedupe_seconds": Key(float, 600.0, "A one-part SMS the same as one received this "
+                                 "recently is the SMSC's resend and is dropped.",
+                                 _range(0, 86400)),
+        "mo_concat_timeout_seconds": Key(float, 120.0, "Parts of a long SMS still missing "
+                                         "after this are given up.", _range(5, 3600)),
     },
     "log": {
         "level": Key(str, "info", "debug, info, warning or error.",
@@ -243,6 +307,9 @@ def validate(data: dict[str, Any], text: str = "", source: str = "<config>") -> 
             values[section][key] = value
     if not problems and values["lending"]["min_amount"] > values["lending"]["max_amount"]:
         problems.append(f"{where('lending', 'min_amount')}: must not exceed lending.max_amount")
+    if not problems and values["smpp"]["enabled"] and not values["smpp"]["system_id"]:
+        problems.append(f"{where('smpp', 'enabled')}: needs smpp.system_id, the bind user "
+                        "name from the operator")
     if problems:
         raise ConfigError(problems)
     return Config(values, source)

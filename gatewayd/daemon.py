@@ -1,9 +1,11 @@
 """`gatewayd run`: one root nursery, supervised tasks, graceful stop.
 
 Order matters at both ends. Start: store (migrations) -> dialogs restored -> HTTP and
-admin listeners -> READY. Stop (SIGTERM/SIGINT): STOPPING -> listeners stop accepting
--> in-flight hops finish (bounded by http.graceful_seconds) -> background tasks are
-cancelled -> the store writer drains its queue, checkpoints the WAL and closes.
+admin listeners -> the SMPP bind (when enabled) -> READY. Stop (SIGTERM/SIGINT):
+STOPPING -> listeners stop accepting -> in-flight hops finish (bounded by
+http.graceful_seconds) -> the SMPP channel unbinds and records every answer it got ->
+background tasks are cancelled -> the store writer drains its queue, checkpoints the
+WAL and closes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import hypercorn.trio
 import trio
 
 from gatewayd import __version__, config as config_mod, logs, metrics
+from gatewayd import smpp_jobs
 from gatewayd.admin import AdminApp
 from gatewayd.http import HttpApp
 from gatewayd.ratelimit import RateLimiter
 from gatewayd.router import Router
 from gatewayd.sdnotify import Notifier
+from gatewayd.smpp_channel import SmppChannel
 from gatewayd.supervisor import Supervisor, at_once, leaf
 from gatewayd.ussd import UssdService
 from menus import lending as app
@@ -46,7 +50,13 @@ PROBE_SECONDS = 2.0
 LIVE_SECTIONS = {"rate_limit", "lending", "log"}
 LIVE_KEYS = {"security.pin_attempts", "security.pin_lock_minutes", "security.pin_hash_log2_n",
              "ussd.service_codes", "ussd.session_idle_seconds", "ussd.text_mode",
-             "http.allow_from", "http.max_body_bytes", "site.name"}
+             "http.allow_from", "http.max_body_bytes", "site.name",
+             # SMPP: how messages are written and kept; the bind itself (address,
+             # credentials, mode, window, timers) needs a new connection: a restart.
+             "smpp.submit_rate", "smpp.throttle_pause_seconds", "smpp.source_addr", "smpp.source_addr_ton",
+             "smpp.source_addr_npi", "smpp.long_sms", "smpp.sms_validity_hours",
+             "smpp.submit_id_format", "smpp.receipt_id_format", "smpp.ussd_profile",
+             "smpp.mo_dedupe_seconds", "smpp.mo_concat_timeout_seconds"}
 
 
 def settings_from(cfg: config_mod.Config) -> app.Settings:
@@ -96,6 +106,8 @@ class Daemon:
         self.ussd: UssdService | None = None
         self.http_port: int | None = None
         self.http_app: HttpApp | None = None
+        self.smpp: SmppChannel | None = None
+        self.sms_reply_limiter = smpp_jobs.reply_limiter()
         self.pending_restart: list[str] = []
 
     # -- health, status, metrics ------------------------------------------------------
@@ -104,6 +116,10 @@ class Daemon:
         parts = {name: t.state for name, t in self.supervisor.tasks.items()}
         parts["store"] = "ok" if store_ok else f"failing: {self.store and self.store.last_error}"
         ok = store_ok and self.supervisor.healthy() and not self.stop.is_set()
+        if self.smpp is not None:
+            # Unbound, the box sends no SMS and serves no USSD from the operator.
+            parts["smpp_bind"] = self.smpp.bind_summary()
+            ok = ok and self.smpp.bound()
         return ok, {"status": "ok" if ok else "failing", "parts": parts, "version": __version__}
 
     async def status(self) -> dict[str, Any]:
@@ -126,6 +142,7 @@ class Daemon:
                           "failed_commits": st.failed_commits, "max_group": st.max_group,
                           "last_commit_ms": round(st.last_commit_ms, 3),
                           "last_error": self.store.last_error, "db_bytes": db_bytes},
+                "smpp": self.smpp.status() if self.smpp else {"enabled": False},
                 "queues": queues,
                 "disk": {"path": os.path.abspath(self.cfg.store.state_dir),
                          "free_bytes": disk.free, "total_bytes": disk.total},
@@ -162,6 +179,9 @@ class Daemon:
                     admin_app, f"unix:{cfg.admin_socket}", admin_done, False))
                 os.chmod(cfg.admin_socket, 0o600)
                 await nursery.start(self.supervisor.run, "sweeper", at_once(self._sweeper))
+                if cfg.smpp.enabled:
+                    self.smpp = SmppChannel(cfg.smpp, store, ussd, self._sms_job_context)
+                    await nursery.start(self.supervisor.run, "smpp", self.smpp.run)
                 nursery.start_soon(self.notifier.watchdog_loop)
 
                 await self.notifier.notify("READY=1", f"STATUS=serving {', '.join(cfg.ussd.service_codes)}")
@@ -177,6 +197,8 @@ class Daemon:
                 with trio.move_on_after(cfg.http.graceful_seconds + 1):
                     await http_done.wait()
                     await ussd.drained()
+                if self.smpp is not None:
+                    await self.smpp.stop(cfg.smpp.response_timeout_seconds + 1)
                 nursery.cancel_scope.cancel()
         log.info("gatewayd_stopped")
 
@@ -239,11 +261,22 @@ class Daemon:
         ussd.limiter.burst = float(cfg.rate_limit.burst)
         self.http_app.configure(TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes,
                                 cfg.http.allow_from)
+        if self.smpp is not None:
+            self.smpp.configure(cfg.smpp)
         logs.setup(cfg.log.level, cfg.log.format)
         self.cfg = cfg
         self.pending_restart = sorted(set(self.pending_restart) | set(pending))
         log.info("reloaded", applied=["texts"] + applied, needs_restart=self.pending_restart)
         return {"applied": ["texts"] + applied, "needs_restart": self.pending_restart}
+
+    def _sms_job_context(self) -> smpp_jobs.JobContext:
+        """Read at every batch, so a reload applies to the next one."""
+        assert self.ussd is not None
+        c = self.cfg.smpp
+        return smpp_jobs.JobContext(
+            settings=self.ussd.settings, texts=self.ussd.texts,
+            validity=c.sms_validity_hours * 3600, dedupe_window=c.mo_dedupe_seconds,
+            concat_timeout=c.mo_concat_timeout_seconds, reply_limiter=self.sms_reply_limiter)
 
     async def _sweeper(self) -> None:
         """Idle dialogs and expired requests; and while the store is failing (disk full,

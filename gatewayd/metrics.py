@@ -71,7 +71,44 @@ async def render(daemon: Any) -> str:
            [("", disk.free)])
     metric("gatewayd_build_info", "gauge", "Version and site of this daemon.",
            [(f'{{version="{__version__}",site="{daemon.cfg.site.id}"}}', 1)])
+    if daemon.smpp is not None:
+        _smpp(daemon.smpp, metric)
     metric("gatewayd_task_up", "gauge", "1 when a supervised task is running.",
            [(f'{{task="{n}"}}', 1 if t.state == "running" else 0)
             for n, t in daemon.supervisor.tasks.items()])
     return "\n".join(out) + "\n"
+
+
+def _smpp(channel: Any, metric: Any) -> None:
+    st = channel.stats
+    status = channel.status()
+    metric("gatewayd_smpp_bound", "gauge", "1 when the bind is up (each bind of a pair).",
+           [(f'{{bind="{m}"}}', 1 if v == "bound" else 0)
+            for m, v in sorted(st.bind_state.items())])
+    metric("gatewayd_smpp_binds_total", "counter", "Binds made and refused.",
+           [('{result="ok"}', st.binds), ('{result="refused"}', st.bind_failures)])
+    metric("gatewayd_smpp_window_in_use", "gauge", "submit_sm in flight, unanswered.",
+           [("", status["window_in_use"])])
+    metric("gatewayd_smpp_window", "gauge", "The window: submit_sm allowed in flight.",
+           [("", status["window"])])
+    metric("gatewayd_smpp_sender_queued", "gauge", "submit_sm waiting in the sender.",
+           [("", status["sender_queued"])])
+    metric("gatewayd_smpp_submit_rate", "gauge", "The sender's pace now, submit_sm per "
+           "second (halved by ESME_RTHROTTLED, creeping back).", [("", status["submit_rate"])])
+    metric("gatewayd_smpp_submits_total", "counter", "SMS parts by the SMSC's answer.",
+           [(f'{{outcome="{k}"}}', getattr(st, k))
+            for k in ("accepted", "retried", "failed", "expired")])
+    metric("gatewayd_smpp_receipts_total", "counter", "Delivery receipts by what they did.",
+           [('{result="applied"}', st.receipts), ('{result="duplicate"}', st.receipts_duplicate),
+            ('{result="unknown"}', st.receipts_unknown)])
+    metric("gatewayd_smpp_sms_in_total", "counter", "Inbound SMS: whole messages, parts "
+           "waiting for the rest, and resends dropped.",
+           [('{result="message"}', st.mo_messages), ('{result="part"}', st.mo_parts_waiting),
+            ('{result="duplicate"}', st.mo_duplicates)])
+    metric("gatewayd_smpp_ussd_hops_total", "counter", "USSD hops that came over SMPP.",
+           [("", st.ussd_hops)])
+    metric("gatewayd_smpp_ussd_replies_lost_total", "counter",
+           "USSD screens that could not be sent in time.", [("", st.ussd_replies_lost)])
+    metric("gatewayd_smpp_protocol_warnings_total", "counter",
+           "PDUs from the SMSC we could not use (answered with generic_nack or ignored).",
+           [("", st.protocol_warnings)])

@@ -83,6 +83,14 @@ def render_status(s: dict[str, Any]) -> str:
         f"disk      {d['path']}: {_bytes(d['free_bytes'])} free of {_bytes(d['total_bytes'])}"
         f" · database {_bytes(st['db_bytes'])}",
     ]
+    sm = s.get("smpp") or {}
+    if sm.get("enabled", True):
+        lines.insert(3, (
+            f"smpp      {sm['host']}:{sm['port']} {sm['bind']} · window {sm['window_in_use']}"
+            f"/{sm['window']} · {sm['submit_rate']:g}/s · {sm['accepted']} accepted · "
+            f"{sm['retried']} retried · {sm['failed']} failed · {sm['receipts']} receipts"
+            + (f" ({sm['receipts_unknown']} unknown)" if sm["receipts_unknown"] else "")
+            + f" · {sm['mo_messages']} SMS in · {sm['ussd_hops']} USSD hops"))
     if s.get("pending_restart"):
         lines.append(f"restart   needed to apply: {', '.join(s['pending_restart'])}")
     return "\n".join(lines)

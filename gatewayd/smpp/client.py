@@ -87,7 +87,8 @@ class Esme:
         return sent
 
     async def stop(self) -> None:
-        """Unbind (waiting for unbind_resp at most unbind_timeout) and end `run`."""
+        """Unbind (waiting for unbind_resp at most unbind_timeout) and end `run`; then
+        `events` ends once read to the end."""
         self._stopping = True
         if self.session is not None:
             self.session.unbind(self.clock())
@@ -111,6 +112,9 @@ class Esme:
             with trio.CancelScope() as self._idle_scope:
                 await trio.sleep(self.backoff.next_delay(bad_credentials))
             self._idle_scope = None
+        # Stopped, not cancelled: every event is out, so a reader of `events` can drain
+        # them to the end (the last submit_sm_resps must still be recorded).
+        self._events_in.close()
 
     async def _serve(self, stream: trio.abc.Stream) -> bool:
         self._generation += 1

@@ -57,6 +57,7 @@ def test_sendable_skips_held_and_past_validity_and_names_accepted_parts(conn):
     assert [(r.id, r.done_parts) for r in got] == [(b, frozenset({0}))]      # c too old
     assert got[0].deadline == NOW + 3600          # the validity, shorter than expires_at
     assert [r.id for r in S.sendable(conn, NOW, held=(), limit=1, validity=3600)] == [a]
+    assert c not in [r.id for r in S.sendable(conn, NOW, held=(), limit=9, validity=3600)]
 
 
 def test_parts_accepted_then_submitted_once_with_a_change_log_record(conn):
