@@ -6,13 +6,16 @@
 // Usage: node smsc.js [--port N] [--system-id ID] [--password PW]
 //          [--receipts none|one|dup|out-of-order|decimal|upper-zeros|text-only[,...]]
 //          [--throttle K] [--queue-full K] [--reject DEST=STATUS] [--first-id HEX]
-//          [--crash-after N]
+//          [--crash-after N] [--quiet]
 //
 // --port 0 (the default, or $SMSC_PORT) lets the OS choose; the first line printed,
 // {"event":"listening","port":N}, tells which. Every PDU received is printed as one JSON
 // line ({"event":"recv",...}), every PDU we send on command as {"event":"sent",...}.
 // Octet strings are printed as hex, and `raw` is the whole PDU as received. Every line
 // carries `t`, a monotonic time in milliseconds (for latency figures).
+//
+// --quiet: no line per PDU (for benchmarks: printing costs the SMSC more than SMPP
+// does); {"cmd":"stats"} then tells how many submit_sm came and when.
 //
 // --crash-after N: right after answering the N-th accepted submit_sm (and printing
 // that), the process kills itself with SIGKILL: no unbind, connections reset, PDUs
@@ -38,8 +41,12 @@ function parseArgs(argv) {
   const opts = {
     port: Number(process.env.SMSC_PORT || 0), systemId: 'gatewayd', password: 'secret',
     receipts: ['one'], throttle: 0, queueFull: 0, reject: {}, firstId: 0x1a2b3c00,
-    crashAfter: 0,
+    crashAfter: 0, quiet: false,
   };
+  if (argv.includes('--quiet')) {
+    opts.quiet = true;
+    argv = argv.filter((a) => a !== '--quiet');
+  }
   for (let i = 0; i < argv.length; i += 2) {
     const [key, value] = [argv[i], argv[i + 1]];
     if (key === '--port') opts.port = Number(value);
@@ -63,7 +70,15 @@ const receiptModes = new Set(opts.receipts);
 
 const started = process.hrtime.bigint();
 
+const PER_PDU = new Set(['recv', 'sent', 'submit_sm_resp']);
+const stats = { submits: 0, accepted: 0, first_submit_t: null, last_resp_t: null };
+
+function now() {
+  return Number(process.hrtime.bigint() - started) / 1e6;
+}
+
 function emit(obj) {
+  if (opts.quiet && PER_PDU.has(obj.event)) return;
   obj.t = Number(process.hrtime.bigint() - started) / 1e6;
   process.stdout.write(JSON.stringify(obj, (k, v) => {
     if (v && v.type === 'Buffer' && Array.isArray(v.data)) return Buffer.from(v.data).toString('hex');
@@ -132,6 +147,8 @@ function sendDeliver(session, fields, note) {
 
 function onSubmit(session, pdu) {
   submits += 1;
+  stats.submits += 1;
+  if (stats.first_submit_t === null) stats.first_submit_t = now();
   let status = 0;
   if (submits <= opts.throttle) status = smpp.ESME_RTHROTTLED;
   else if (submits <= opts.throttle + opts.queueFull) status = smpp.ESME_RMSGQFUL;
@@ -151,6 +168,8 @@ function onSubmit(session, pdu) {
   });
   emit({ event: 'submit_sm_resp', seq: pdu.sequence_number, status: 0, message_id: id });
   accepted += 1;
+  stats.accepted += 1;
+  stats.last_resp_t = now();
   if (opts.crashAfter && accepted >= opts.crashAfter) {
     emit({ event: 'crashing', accepted });
     process.kill(process.pid, 'SIGKILL');
@@ -172,6 +191,9 @@ function receiptPdu(cmd) {
 }
 
 const server = smpp.createServer((session) => {
+  // No Nagle: a small PDU must not wait for the ACK of the previous one (with the
+  // peer's delayed ACK that costs 40 ms a PDU, which is no SMSC's behaviour to copy).
+  session.socket.setNoDelay(true);
   session.on('error', (e) => emit({ event: 'error', message: e.message }));
   session.on('pdu', (pdu) => emit(describe(pdu, 'recv')));
   for (const bind of ['bind_transceiver', 'bind_transmitter', 'bind_receiver']) {
@@ -244,6 +266,7 @@ function onCommand(line) {
   const cmd = JSON.parse(line);
   const session = bound[bound.length - 1];
   if (cmd.cmd === 'ping') return emit({ event: 'pong', id: cmd.id });
+  if (cmd.cmd === 'stats') return emit(Object.assign({ event: 'stats' }, stats));
   if (!session) return emit({ event: 'no_session', cmd: cmd.cmd });
   if (cmd.cmd === 'mo') {
     for (const fields of moPdus(cmd)) sendDeliver(session, fields);
