@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from sync import daraja
-from sync.daraja import Accepted, Failed, NotSent, Outcome, Pending, Succeeded, Unknown
+from sync.daraja import Accepted, Failed, NotSent, Outcome, Succeeded, Unknown
 
 OPEN_STATES = ("queued", "sent", "unknown")
 TERMINAL_STATES = ("succeeded", "failed")
@@ -60,6 +60,9 @@ class Policy:
     @staticmethod
     def backoff(base: float, cap: float, attempt: int) -> float:
         return min(cap, base * 2 ** min(max(attempt - 1, 0), 30))
+
+
+DEFAULT_POLICY = Policy()
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def _settle(a: Action, o: Succeeded | Failed) -> tuple[Action, Result]:
 
 
 def after_send(a: Action, o: Outcome, now: float,
-               policy: Policy = Policy()) -> tuple[Action, Result | None]:
+               policy: Policy = DEFAULT_POLICY) -> tuple[Action, Result | None]:
     if isinstance(o, Accepted):
         return replace(a, state="sent", checkout_request_id=o.checkout_request_id,
                        merchant_request_id=o.merchant_request_id,
@@ -175,7 +178,7 @@ def after_send(a: Action, o: Outcome, now: float,
 
 
 def after_query(a: Action, o: Outcome, now: float,
-                policy: Policy = Policy()) -> tuple[Action, Result | None]:
+                policy: Policy = DEFAULT_POLICY) -> tuple[Action, Result | None]:
     if isinstance(o, (Succeeded, Failed)):
         return _settle(a, o)
     reason = getattr(o, "reason", repr(o))
@@ -199,6 +202,10 @@ def on_callback(a: Action, o: Outcome | None, now: float) -> tuple[Action, Resul
             # The query said "paid" without a receipt; the callback brings it.
             a = replace(a, receipt=o.receipt, note="receipt from callback")
             return a, Result(a.key, True, a.receipt, a.result_code, a.result_desc)
+        return a, None
+    if a.state == "queued" and (a.kind == "stk_push" or a.sends == 0):
+        # Never reached Daraja (a B2C sent once may have, and is queued only to resend):
+        # a callback for it is a stranger's, and must not stop it being sent.
         return a, None
     if a.kind == "stk_push":
         if a.checkout_request_id is None:
@@ -239,7 +246,7 @@ class Executor:
 
     def __init__(self, client: daraja.DarajaClient, source: Source, sink: Sink, *,
                  save: Save = _nothing, load: Load | None = None,
-                 clock: Callable[[], float] = time.time, policy: Policy = Policy(),
+                 clock: Callable[[], float] = time.time, policy: Policy = DEFAULT_POLICY,
                  idle: float = 30.0) -> None:
         self.client, self.source, self.sink, self.save = client, source, sink, save
         self.load, self.clock, self.policy, self.idle = load, clock, policy, idle

@@ -12,9 +12,20 @@ import httpx
 import pytest
 
 from sync import daraja
-from sync.daraja import (Accepted, DarajaClient, Failed, NotSent, Pending, Succeeded, Unknown,
-                         classify_b2c, classify_stk_push, classify_stk_query, parse_b2c_result,
-                         parse_stk_callback)
+from sync.daraja import (
+    Accepted,
+    DarajaClient,
+    Failed,
+    NotSent,
+    Pending,
+    Succeeded,
+    Unknown,
+    classify_b2c,
+    classify_stk_push,
+    classify_stk_query,
+    parse_b2c_result,
+    parse_stk_callback,
+)
 from tests.peers import daraja_fake as df
 from tests.upstream.conftest import UNREACHABLE, daraja_config
 

@@ -9,8 +9,19 @@ import pytest
 
 from store import settlement
 from sync.daraja import Accepted, Failed, NotSent, Pending, Succeeded, Unknown
-from sync.executor import (Action, Policy, Query, Result, Send, Wait, after_query, after_send,
-                           begin_send, next_step, on_callback)
+from sync.executor import (
+    Action,
+    Policy,
+    Query,
+    Result,
+    Send,
+    Wait,
+    after_query,
+    after_send,
+    begin_send,
+    next_step,
+    on_callback,
+)
 
 NOW = 1000.0
 P = Policy(send_retry=5, send_retry_cap=40, first_query=20, query_retry=15, query_retry_cap=60)
@@ -109,6 +120,13 @@ def test_a_callback_for_an_unknown_stk_push_lends_its_id_and_the_query_decides()
     assert next_step(a, NOW) == Query(CHECKOUT)
     a, r = after_query(a, Succeeded("0", "ok", None, CHECKOUT), NOW, P)
     assert r == Result(STK.key, True, "SK12345678", "0", "ok")   # the receipt from the callback
+
+
+def test_a_callback_for_an_stk_push_that_never_reached_daraja_is_ignored():
+    refused, _ = after_send(begin_send(STK, NOW), NotSent("Spike Arrest"), NOW, P)
+    for a in (STK, refused):
+        same, r = on_callback(a, Succeeded("0", "ok", "SK12345678", CHECKOUT), NOW)
+        assert r is None and same == a and next_step(same, NOW + 60) == Send()
 
 
 def test_a_callback_matching_the_checkout_settles_and_a_stranger_is_ignored():
