@@ -17,6 +17,7 @@ from sync.batch import Batch, Record, encode_batch
 from sync.checkpoint import Ack, Inbound, decode_push_response
 from sync.daraja import DarajaClient, DarajaConfig
 from sync.executor import Policy
+from sync.upstream_sim import UpstreamSim
 from tests.peers import daraja_fake as df
 
 SITE = "site-1"
@@ -32,11 +33,12 @@ T0 = 1764316800.0
 
 
 def daraja_config(base: str = UNREACHABLE, **over: str) -> DarajaConfig:
-    cfg = dict(consumer_key=df.KEY, consumer_secret=df.SECRET, shortcode=df.SHORTCODE,
-               passkey=df.PASSKEY, callback_url=base + "/cb/{site}/{key}",
-               b2c_shortcode=df.B2C_SHORTCODE, initiator_name=df.INITIATOR,
-               security_credential=df.CREDENTIAL, result_url=base + "/b2c/{site}/{key}/result",
-               timeout_url=base + "/b2c/{site}/{key}/timeout")
+    cfg = {"consumer_key": df.KEY, "consumer_secret": df.SECRET, "shortcode": df.SHORTCODE,
+           "passkey": df.PASSKEY, "callback_url": base + "/cb/{site}/{key}",
+           "b2c_shortcode": df.B2C_SHORTCODE, "initiator_name": df.INITIATOR,
+           "security_credential": df.CREDENTIAL,
+           "result_url": base + "/b2c/{site}/{key}/result",
+           "timeout_url": base + "/b2c/{site}/{key}/timeout"}
     cfg.update(over)
     return DarajaConfig(**cfg)
 
@@ -57,7 +59,6 @@ async def client(fake):
 
 @pytest.fixture
 async def sim(nursery, fake, tmp_path):
-    from sync.upstream_sim import UpstreamSim
     s = UpstreamSim(str(tmp_path / "upstream.db"), {SITE: KEY},
                     DarajaClient(fake.url, daraja_config()), policy=FAST)
     await nursery.start(s.serve, "127.0.0.1:0")

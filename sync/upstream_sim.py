@@ -1,0 +1,419 @@
+"""A reference upstream for gatewayd boxes: the upstream side of docs/sync-protocol.md,
+and the executor of the M-PESA actions that ride the batches. Small on purpose, so an
+upstream team can read it next to the protocol; the section numbers below are the doc's.
+
+    python -m sync.upstream_sim --listen 127.0.0.1:0 --daraja URL \\
+        --site site-1:KEYHEX [--site ...] --db PATH [--pull site-1=http://box:8080]
+
+prints {"event": "listening", "url": ..., "port": N}. It serves
+
+    POST /v1/sites/{site}/batches?inbound_after=N    a box pushes a batch (6.1)
+    GET  /v1/sites/{site}/inbound?after=N            a box asks for its inbound changes
+    GET  /v1/sites/{site}/state                      counts for tests (unsigned: keep local)
+    POST /daraja/stk/{site}/{key}, /daraja/b2c/{site}/{key}/result|timeout
+                                                     Daraja's callbacks for each action
+
+and with --pull it also polls a box's own sync API (6.2). An `mpesa_action` record in
+state `queued` is executed once per (site, key) with sync/executor.py; its result
+becomes an inbound `mpesa_result` change, piggybacked on the next ack or answer.
+SQLite calls run on the event loop: they take microseconds here, and a production
+upstream would have its own database layer anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from sync import auth, daraja
+from sync.batch import Batch, BatchError, canonical_json, decode_batch
+from sync.checkpoint import (
+    MAX_INBOUND_CHANGES,
+    Ack,
+    InboundError,
+    SyncConflict,
+    decode_inbound,
+)
+from sync.executor import DEFAULT_POLICY, Action, Executor, Policy, Result
+
+MAX_BODY = 1 << 20          # 6.3: the upstream takes batches up to 1 MiB
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (site TEXT PRIMARY KEY, checkpoint INTEGER NOT NULL,
+    inbound_seq INTEGER NOT NULL, box_cursor INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (site TEXT, seq INTEGER, entity TEXT, key TEXT, op TEXT,
+    payload TEXT, at REAL, PRIMARY KEY (site, seq));
+CREATE TABLE IF NOT EXISTS entities (site TEXT, entity TEXT, key TEXT, seq INTEGER,
+    payload TEXT, PRIMARY KEY (site, entity, key));
+CREATE TABLE IF NOT EXISTS actions (site TEXT, key TEXT, state TEXT, data TEXT,
+    PRIMARY KEY (site, key));
+CREATE TABLE IF NOT EXISTS inbound (site TEXT, seq INTEGER, action_key TEXT, change TEXT,
+    PRIMARY KEY (site, seq), UNIQUE (site, action_key));
+"""
+
+
+class UpstreamStore:
+    def __init__(self, path: str, sites: list[str]) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = FULL")    # U moves only with its records (9)
+        self.db.executescript(SCHEMA)
+        for s in sites:
+            self.db.execute("INSERT OR IGNORE INTO sites VALUES (?, 0, 0, 0)", (s,))
+
+    def site(self, site: str) -> dict[str, int]:
+        row = self.db.execute("SELECT checkpoint, inbound_seq, box_cursor FROM sites "
+                              "WHERE site = ?", (site,)).fetchone()
+        return dict(zip(("checkpoint", "inbound_seq", "box_cursor"), row))
+
+    def apply_batch(self, site: str, b: Batch) -> int:
+        """Section 8: one transaction per batch; records above U in order, then U. Returns
+        the number of new actions to execute; SyncConflict (409) on a hole."""
+        new = 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            u = self.site(site)["checkpoint"]
+            if b.after > u:
+                raise SyncConflict(f"batch starts after {b.after}, upstream has {u}", u)
+            for r in (r for r in b.records if r.seq > u):
+                payload = canonical_json(r.payload).decode()
+                self.db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (site, r.seq, r.entity, r.key, r.op, payload, r.at))
+                # Upsert of the whole entity, the highest seq winning; ledger_txn rows are
+                # append-only and never change, so the same statement keeps the first.
+                self.db.execute(
+                    "INSERT INTO entities VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                    "seq = excluded.seq, payload = excluded.payload WHERE excluded.seq > entities.seq "
+                    "AND excluded.entity != 'ledger_txn'", (site, r.entity, r.key, r.seq, payload))
+                if r.entity == "mpesa_action" and r.payload.get("state") == "queued":
+                    try:
+                        a = Action.from_payload(site, r.payload)
+                    except (KeyError, ValueError):
+                        continue     # not executable; it stays visible in `entities`
+                    # Once per (site, key): a record seen again never executes again.
+                    new += self.db.execute(
+                        "INSERT OR IGNORE INTO actions VALUES (?, ?, 'queued', ?)",
+                        (site, a.key, json.dumps(a.to_json()))).rowcount
+            self.db.execute("UPDATE sites SET checkpoint = MAX(checkpoint, ?) WHERE site = ?",
+                            (b.last_seq, site))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return new
+
+    def inbound_after(self, site: str, after: int) -> list[dict[str, Any]]:
+        """Changes above the box's cursor. A box ahead of us (we were restored from an
+        old backup) must not see new changes numbered at or below its cursor: it would
+        skip them, so numbering moves past it."""
+        self.db.execute("UPDATE sites SET inbound_seq = ? WHERE site = ? AND inbound_seq < ?",
+                        (after, site, after))
+        return [json.loads(c) for (c,) in self.db.execute(
+            "SELECT change FROM inbound WHERE site = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (site, after, MAX_INBOUND_CHANGES))]
+
+    def add_result(self, site: str, r: Result, amount_cents: int) -> bool:
+        """An executor result as an inbound change (section 7); False while it cannot be
+        one: a success the STK query reported carries no receipt, which the protocol
+        requires, so it waits for the callback that has it."""
+        if r.succeeded and not r.receipt:
+            return False
+        seq = self.site(site)["inbound_seq"] + 1
+        change = {"seq": seq, "id": f"up-{seq}", "kind": "mpesa_result", "action_key": r.key,
+                  "result": "succeeded" if r.succeeded else "failed", "receipt": r.receipt,
+                  "result_code": r.result_code, "result_desc": r.result_desc or None,
+                  "amount_cents": amount_cents if r.succeeded else None}
+        change = {k: v for k, v in change.items() if v is not None}
+        try:   # the box's own validator: never hand it a change it will refuse
+            decode_inbound({"v": 1, "site": site, "after": seq - 1, "changes": [change]}, site)
+        except InboundError as e:
+            print(json.dumps({"event": "result_not_sendable", "key": r.key, "error": str(e)}),
+                  file=sys.stderr)
+            return False
+        with self.db:
+            if self.db.execute("INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?)",
+                               (site, seq, r.key, json.dumps(change))).rowcount:
+                self.db.execute("UPDATE sites SET inbound_seq = ? WHERE site = ?", (seq, site))
+        return True
+
+    def actions(self, site: str | None = None, key: str | None = None,
+                open_only: bool = False) -> list[Action]:
+        rows = self.db.execute(
+            "SELECT data FROM actions WHERE (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR "
+            "key = ?2) AND (NOT ?3 OR state IN ('queued', 'sent', 'unknown')) ORDER BY rowid",
+            (site, key, open_only))
+        return [Action(**json.loads(d)) for (d,) in rows]
+
+    def save(self, a: Action) -> None:
+        with self.db:
+            self.db.execute("UPDATE actions SET state = ?, data = ? WHERE site = ? AND key = ?",
+                            (a.state, json.dumps(a.to_json()), a.site, a.key))
+
+    def state(self, site: str) -> dict[str, Any]:
+        acts, by = self.actions(site), {}
+        for a in acts:
+            by[a.state] = by.get(a.state, 0) + 1
+        n, last = self.db.execute("SELECT COUNT(*), MAX(seq) FROM records WHERE site = ?",
+                                  (site,)).fetchone()
+        return {"site": site, **self.site(site), "records": n, "last_seq": last or 0,
+                "actions": by, "actions_executed": sum(a.sends > 0 for a in acts),
+                "sends": sum(a.sends for a in acts),
+                "awaiting_receipt": sum(a.state == "succeeded" and not a.receipt for a in acts),
+                "inbound": [json.loads(c) for (c,) in self.db.execute(
+                    "SELECT change FROM inbound WHERE site = ? ORDER BY seq", (site,))]}
+
+
+class UpstreamSim:
+    def __init__(self, db: str, keys: dict[str, bytes], client: daraja.DarajaClient, *,
+                 clock: Callable[[], float] = time.time, policy: Policy = DEFAULT_POLICY) -> None:
+        self.keys, self.clock, self.client = keys, clock, client
+        self.store = UpstreamStore(db, list(keys))
+        self.verifier = auth.Verifier(keys)
+        self.executor = Executor(client, self._open, self._result, save=self._save,
+                                 load=self._load, clock=clock, policy=policy)
+        self.url = ""
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[UpstreamSim], bool],
+                       timeout: float = 10.0) -> None:
+        """For tests and demos: wait until `predicate(self)` holds after an action moved."""
+        with trio.fail_after(timeout):
+            while not predicate(self):
+                await self._changed.wait()
+
+    async def _open(self) -> list[Action]:
+        return self.store.actions(open_only=True)
+
+    async def _load(self, site: str, key: str) -> Action | None:
+        found = self.store.actions(site, key)
+        return found[0] if found else None
+
+    async def _save(self, a: Action) -> None:
+        self.store.save(a)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _result(self, r: Result, a: Action) -> None:
+        self.store.add_result(a.site, r, a.amount_cents)
+
+    # -- HTTP ------------------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            m = await receive()
+            body, more = body + m.get("body", b""), m.get("more_body", False)
+            if len(body) > MAX_BODY:
+                return await _answer(send, 413, b'{"error":"too_large"}')
+        parts = scope["path"].strip("/").split("/")
+        target = scope["raw_path"].decode("latin-1") + (
+            "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+        query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
+        method = scope["method"]
+        if parts[:1] == ["daraja"] and method == "POST" and len(parts) >= 4:
+            return await self._daraja(parts, body, send)
+        if len(parts) != 4 or parts[:2] != ["v1", "sites"]:
+            return await _answer(send, 404, b'{"error":"not_found"}')
+        site, what = parts[2], (method, parts[3])
+        if what == ("GET", "state") and site in self.keys:
+            return await _answer(send, 200, canonical_json(self.store.state(site)))
+        if what not in (("POST", "batches"), ("GET", "inbound")):
+            return await _answer(send, 404, b'{"error":"not_found"}')
+        headers = scope["headers"]
+        try:     # 2.2: an unknown site, like any other failure here, is a bare 401
+            authed = self.verifier.verify(method, target, headers, body, self.clock())
+        except auth.AuthError as e:
+            # 2.4: only a `stale` refusal (signature known good) is signed.
+            data = canonical_json({"error": e.code})
+            sign = {} if e.code != "stale" else auth.sign_response(
+                401, data, e.site, self.keys[e.site], e.nonce, self.clock())
+            return await _answer(send, 401, data, sign)
+        nonce = {k.decode().lower(): v.decode() for k, v in headers}["x-gatewayd-nonce"]
+        if authed != site:         # 6.1: header site = path site (= batch site, below)
+            status, obj = 401, {"error": "site_mismatch"}
+        elif what[0] == "POST":
+            status, obj = self._push(site, query, body)
+        else:
+            status, obj = self._inbound(site, query.get("after"))
+        data = canonical_json(obj)
+        await _answer(send, status, data, auth.sign_response(
+            status, data, authed, self.keys[authed], nonce, self.clock()))
+
+    def _push(self, site: str, query: dict, body: bytes) -> tuple[int, Any]:
+        n = query.get("inbound_after", "")
+        if not n.isdigit():
+            return 400, {"error": "inbound_after must be a non-negative integer"}
+        try:
+            b = decode_batch(body, site)
+        except BatchError as e:
+            return 400, {"error": str(e)}
+        try:
+            if self.store.apply_batch(site, b):
+                self.executor.wake()
+        except SyncConflict as e:
+            return 409, {"error": "out_of_order", "checkpoint": e.checkpoint}
+        changes = self.store.inbound_after(site, int(n))
+        ack = json.loads(Ack(site, b.last_seq, b.sha256).to_json())
+        return 200, {"ack": ack, "inbound": {"v": 1, "site": site, "after": int(n),
+                                             "changes": changes} if changes else None}
+
+    def _inbound(self, site: str, after: str | None) -> tuple[int, Any]:
+        if after is None or not after.isdigit():
+            return 400, {"error": "after must be a non-negative integer"}
+        return 200, {"v": 1, "site": site, "after": int(after),
+                     "changes": self.store.inbound_after(site, int(after))}
+
+    async def _daraja(self, parts: list[str], body: bytes, send: Callable) -> None:
+        """Daraja's callbacks are unsigned; the executor only trusts them as far as
+        sync/executor.on_callback says. Daraja gets its acknowledgement whatever we did."""
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        site, key = parts[2], parts[3]
+        found = self.store.actions(site, key)
+        if found and parts[1] == "stk":
+            await self.executor.callback(found[0], daraja.parse_stk_callback(obj))
+        elif found and parts[1] == "b2c" and parts[4:] == ["result"]:
+            await self.executor.callback(found[0], daraja.parse_b2c_result(obj))
+        await _answer(send, 200, b'{"ResultCode":0,"ResultDesc":"Accepted"}')
+
+    # -- pull mode (6.2): the upstream takes the initiative ---------------------------------
+    async def pull(self, site: str, box_url: str, http: httpx.AsyncClient,
+                   interval: float = 5.0) -> None:
+        offset = 0.0          # 2.3: in pull, the upstream adopts each box's clock
+
+        async def call(method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+            nonlocal offset
+            for attempt in range(2):
+                sent = self.clock()
+                h = auth.sign(method, target, body, site, self.keys[site], sent + offset)
+                r = await http.request(method, box_url.rstrip("/") + target, content=body,
+                                       headers=h)
+                # An unsigned or mis-signed answer is as if none came (AuthError).
+                ts = auth.verify_response(r.status_code, r.headers.multi_items(), r.content,
+                                          site, self.keys[site], h[auth.H_NONCE])
+                if r.status_code == 401 and attempt == 0 and b'"stale"' in r.content:
+                    offset = auth.clock_offset(ts, sent, self.clock())
+                    continue
+                break
+            return r.status_code, r.content
+
+        while True:
+            more = False
+            try:
+                after = self.store.site(site)["checkpoint"]
+                st, body = await call("GET", f"/sync/batches?after={after}")
+                if st not in (200, 204):    # 409: the box was restored from a backup
+                    raise ValueError(f"GET batches after {after}: {st} {body[:200]!r}")
+                if st == 200:
+                    b = decode_batch(body, site)
+                    if self.store.apply_batch(site, b):
+                        self.executor.wake()
+                    # A lost ack is harmless: the next GET returns the same batch (9).
+                    await call("POST", "/sync/ack", Ack(site, b.last_seq, b.sha256).to_json())
+                    more = True
+                cursor = self.store.site(site)["box_cursor"]
+                if changes := self.store.inbound_after(site, cursor):
+                    st, body = await call("POST", "/sync/inbound", canonical_json(
+                        {"v": 1, "site": site, "after": cursor, "changes": changes}))
+                    if st in (200, 409):    # either way the box names its cursor
+                        with self.store.db:
+                            self.store.db.execute("UPDATE sites SET box_cursor = ? "
+                                                  "WHERE site = ?", (json.loads(body)["cursor"], site))
+            except (httpx.HTTPError, auth.AuthError, BatchError, SyncConflict, ValueError,
+                    KeyError) as e:
+                print(json.dumps({"event": "pull_failed", "site": site, "error": str(e)}),
+                      file=sys.stderr, flush=True)
+            if not more:
+                await trio.sleep(interval)
+
+    async def serve(self, listen: str, *, pulls: dict[str, str] | None = None,
+                    public_url: str | None = None, poll: float = 5.0,
+                    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        hc = hypercorn.config.Config()
+        hc.bind, hc.accesslog = [listen], None
+        # The client outlives the nursery: its pull tasks use it until cancelled.
+        async with httpx.AsyncClient(timeout=30) as http, trio.open_nursery() as n:
+            self.url = (await n.start(lambda task_status: hypercorn.trio.serve(
+                self, hc, task_status=task_status)))[0]
+            base = (public_url or self.url).rstrip("/")
+            # Each action's own URL: a callback then names its action even when the STK
+            # push's answer (and so its CheckoutRequestID) was lost.
+            self.client.cfg = replace(self.client.cfg,
+                                      callback_url=base + "/daraja/stk/{site}/{key}",
+                                      result_url=base + "/daraja/b2c/{site}/{key}/result",
+                                      timeout_url=base + "/daraja/b2c/{site}/{key}/timeout")
+            n.start_soon(self.executor.run)
+            for site, box in (pulls or {}).items():
+                n.start_soon(self.pull, site, box, http, poll)
+            task_status.started(self.url)
+
+
+async def _answer(send: Callable, status: int, data: bytes,
+                  headers: dict[str, str] | None = None) -> None:
+    h = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    h += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": h})
+    await send({"type": "http.response.body", "body": data})
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="upstream-sim", description=__doc__.splitlines()[0])
+    p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--daraja", required=True, help="Daraja base URL (the fake, or sandbox)")
+    p.add_argument("--site", action="append", required=True, metavar="SITE:KEYHEX")
+    p.add_argument("--db", required=True)
+    p.add_argument("--pull", action="append", default=[], metavar="SITE=BOX_URL")
+    p.add_argument("--poll", type=float, default=5.0, help="pull interval, seconds")
+    p.add_argument("--public-url", help="where Daraja reaches us (default: --listen)")
+    p.add_argument("--first-query", type=float, default=Policy.first_query)
+    for name, default in (("consumer-key", "gatewayd-test-key"),
+                          ("consumer-secret", "gatewayd-test-secret"),
+                          ("shortcode", "174379"), ("passkey", "gatewayd-test-passkey"),
+                          ("b2c-shortcode", "600999"), ("initiator", "gatewaydapi"),
+                          ("security-credential", "c2VjdXJpdHktY3JlZGVudGlhbA==")):
+        var = "DARAJA_" + name.upper().replace("-", "_")
+        p.add_argument("--" + name, default=env(var, default), help=f"or ${var}")
+    a = p.parse_args(argv)
+    keys = {s.split(":", 1)[0]: bytes.fromhex(s.split(":", 1)[1]) for s in a.site}
+    cfg = daraja.DarajaConfig(a.consumer_key, a.consumer_secret, a.shortcode, a.passkey, "",
+                              a.b2c_shortcode, a.initiator, a.security_credential)
+    pulls = dict(x.split("=", 1) for x in a.pull)
+
+    async def run() -> None:
+        sim = UpstreamSim(a.db, keys, daraja.DarajaClient(a.daraja, cfg),
+                          policy=Policy(first_query=a.first_query))
+        async with trio.open_nursery() as n:
+            url = await n.start(lambda task_status: sim.serve(
+                a.listen, pulls=pulls, public_url=a.public_url, poll=a.poll,
+                task_status=task_status))
+            print(json.dumps({"event": "listening", "url": url,
+                              "port": int(url.rsplit(":", 1)[1])}), flush=True)
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
