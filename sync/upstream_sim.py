@@ -4,6 +4,7 @@ upstream team can read it next to the protocol; the section numbers below are th
 
     python -m sync.upstream_sim --listen 127.0.0.1:0 --daraja URL \\
         --site site-1:KEYHEX [--site ...] --db PATH [--pull site-1=http://box:8080]
+        [--direct SITE] [--public-url URL] [--consumer-key ... (or $DARAJA_*)]
 
 prints {"event": "listening", "url": ..., "port": N}. It serves
 
@@ -28,6 +29,7 @@ import os
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -78,9 +80,10 @@ class UpstreamStore:
                               "WHERE site = ?", (site,)).fetchone()
         return dict(zip(("checkpoint", "inbound_seq", "box_cursor"), row))
 
-    def apply_batch(self, site: str, b: Batch) -> int:
+    def apply_batch(self, site: str, b: Batch, execute: bool = True) -> int:
         """Section 8: one transaction per batch; records above U in order, then U. Returns
-        the number of new actions to execute; SyncConflict (409) on a hole."""
+        the number of new actions to execute; SyncConflict (409) on a hole. A site in
+        direct mode (`execute` False) runs its own actions: they are only recorded."""
         new = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -97,7 +100,7 @@ class UpstreamStore:
                     "INSERT INTO entities VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                     "seq = excluded.seq, payload = excluded.payload WHERE excluded.seq > entities.seq "
                     "AND excluded.entity != 'ledger_txn'", (site, r.entity, r.key, r.seq, payload))
-                if r.entity == "mpesa_action" and r.payload.get("state") == "queued":
+                if execute and r.entity == "mpesa_action" and r.payload.get("state") == "queued":
                     try:
                         a = Action.from_payload(site, r.payload)
                     except (KeyError, ValueError):
@@ -139,9 +142,7 @@ class UpstreamStore:
         try:   # the box's own validator: never hand it a change it will refuse
             decode_inbound({"v": 1, "site": site, "after": seq - 1, "changes": [change]}, site)
         except InboundError as e:
-            print(json.dumps({"event": "result_not_sendable", "key": r.key, "error": str(e)}),
-                  file=sys.stderr)
-            return False
+            return _log("result_not_sendable", key=r.key, error=str(e))
         with self.db:
             if self.db.execute("INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?)",
                                (site, seq, r.key, json.dumps(change))).rowcount:
@@ -162,13 +163,11 @@ class UpstreamStore:
                             (a.state, json.dumps(a.to_json()), a.site, a.key))
 
     def state(self, site: str) -> dict[str, Any]:
-        acts, by = self.actions(site), {}
-        for a in acts:
-            by[a.state] = by.get(a.state, 0) + 1
+        acts = self.actions(site)
         n, last = self.db.execute("SELECT COUNT(*), MAX(seq) FROM records WHERE site = ?",
                                   (site,)).fetchone()
         return {"site": site, **self.site(site), "records": n, "last_seq": last or 0,
-                "actions": by, "actions_executed": sum(a.sends > 0 for a in acts),
+                "actions": dict(Counter(a.state for a in acts)), "actions_executed": sum(a.sends > 0 for a in acts),
                 "sends": sum(a.sends for a in acts),
                 "awaiting_receipt": sum(a.state == "succeeded" and not a.receipt for a in acts),
                 "inbound": [json.loads(c) for (c,) in self.db.execute(
@@ -177,8 +176,9 @@ class UpstreamStore:
 
 class UpstreamSim:
     def __init__(self, db: str, keys: dict[str, bytes], client: daraja.DarajaClient, *,
-                 clock: Callable[[], float] = time.time, policy: Policy = DEFAULT_POLICY) -> None:
-        self.keys, self.clock, self.client = keys, clock, client
+                 clock: Callable[[], float] = time.time, policy: Policy = DEFAULT_POLICY,
+                 direct: frozenset[str] = frozenset()) -> None:
+        self.keys, self.clock, self.client, self.direct = keys, clock, client, direct
         self.store = UpstreamStore(db, list(keys))
         self.verifier = auth.Verifier(keys)
         self.executor = Executor(client, self._open, self._result, save=self._save,
@@ -264,7 +264,7 @@ class UpstreamSim:
         except BatchError as e:
             return 400, {"error": str(e)}
         try:
-            if self.store.apply_batch(site, b):
+            if self.store.apply_batch(site, b, site not in self.direct):
                 self.executor.wake()
         except SyncConflict as e:
             return 409, {"error": "out_of_order", "checkpoint": e.checkpoint}
@@ -324,7 +324,7 @@ class UpstreamSim:
                     raise ValueError(f"GET batches after {after}: {st} {body[:200]!r}")
                 if st == 200:
                     b = decode_batch(body, site)
-                    if self.store.apply_batch(site, b):
+                    if self.store.apply_batch(site, b, site not in self.direct):
                         self.executor.wake()
                     # A lost ack is harmless: the next GET returns the same batch (9).
                     await call("POST", "/sync/ack", Ack(site, b.last_seq, b.sha256).to_json())
@@ -334,13 +334,11 @@ class UpstreamSim:
                     st, body = await call("POST", "/sync/inbound", canonical_json(
                         {"v": 1, "site": site, "after": cursor, "changes": changes}))
                     if st in (200, 409):    # either way the box names its cursor
-                        with self.store.db:
-                            self.store.db.execute("UPDATE sites SET box_cursor = ? "
-                                                  "WHERE site = ?", (json.loads(body)["cursor"], site))
+                        self.store.db.execute("UPDATE sites SET box_cursor = ? WHERE site = ?",
+                                              (json.loads(body)["cursor"], site))
             except (httpx.HTTPError, auth.AuthError, BatchError, SyncConflict, ValueError,
                     KeyError) as e:
-                print(json.dumps({"event": "pull_failed", "site": site, "error": str(e)}),
-                      file=sys.stderr, flush=True)
+                _log("pull_failed", site=site, error=str(e))
             if not more:
                 await trio.sleep(interval)
 
@@ -366,6 +364,11 @@ class UpstreamSim:
             task_status.started(self.url)
 
 
+def _log(event: str, **kw: Any) -> bool:
+    print(json.dumps({"event": event, **kw}), file=sys.stderr, flush=True)
+    return False
+
+
 async def _answer(send: Callable, status: int, data: bytes,
                   headers: dict[str, str] | None = None) -> None:
     h = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
@@ -374,9 +377,9 @@ async def _answer(send: Callable, status: int, data: bytes,
     await send({"type": "http.response.body", "body": data})
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "upstream-sim") -> int:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="upstream-sim", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--daraja", required=True, help="Daraja base URL (the fake, or sandbox)")
     p.add_argument("--site", action="append", required=True, metavar="SITE:KEYHEX")
@@ -384,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pull", action="append", default=[], metavar="SITE=BOX_URL")
     p.add_argument("--poll", type=float, default=5.0, help="pull interval, seconds")
     p.add_argument("--public-url", help="where Daraja reaches us (default: --listen)")
+    p.add_argument("--direct", action="append", default=[], metavar="SITE",
+                   help="a site that runs its own M-PESA actions (direct mode): not executed here")
     p.add_argument("--first-query", type=float, default=Policy.first_query)
     for name, default in (("consumer-key", "gatewayd-test-key"),
                           ("consumer-secret", "gatewayd-test-secret"),
@@ -400,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         sim = UpstreamSim(a.db, keys, daraja.DarajaClient(a.daraja, cfg),
-                          policy=Policy(first_query=a.first_query))
+                          policy=Policy(first_query=a.first_query), direct=frozenset(a.direct))
         async with trio.open_nursery() as n:
             url = await n.start(lambda task_status: sim.serve(
                 a.listen, pulls=pulls, public_url=a.public_url, poll=a.poll,

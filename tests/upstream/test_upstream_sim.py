@@ -204,6 +204,23 @@ async def test_only_queued_actions_are_executed(sim, box, fake):
     assert sim.store.state(SITE)["actions"] == {} and stk_sends(fake) == 0
 
 
+async def test_a_site_in_direct_mode_has_its_records_kept_but_no_action_executed(fake,
+                                                                                  tmp_path):
+    sim = UpstreamSim(str(tmp_path / "up.db"), {SITE: KEY},
+                      DarajaClient(fake.url, daraja_config()), policy=FAST,
+                      direct=frozenset({SITE}))
+    async with trio.open_nursery() as n:
+        await n.start(sim.serve, "127.0.0.1:0")
+        box = Box(sim.url)
+        assert (await box.push(box.batch([action(1, STK_KEY), other(2)]))).status == 200
+        await trio.testing.wait_all_tasks_blocked()
+        await box.aclose()
+        n.cancel_scope.cancel()
+    await sim.client.aclose()
+    state = sim.store.state(SITE)
+    assert (state["records"], state["actions"], stk_sends(fake)) == (2, {}, 0)
+
+
 async def test_a_restarted_upstream_never_executes_an_action_twice(fake, tmp_path):
     db, b = str(tmp_path / "up.db"), None
     for _ in range(2):
