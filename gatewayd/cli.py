@@ -27,6 +27,11 @@ def cmd_dial(args: argparse.Namespace) -> int:
     return dial(args.code, args.msisdn, url, session_id=args.session)
 
 
+def cmd_upstream_sim(args: argparse.Namespace, rest: list[str]) -> int:
+    from sync import upstream_sim
+    return upstream_sim.main(rest, prog="gatewayd upstream-sim")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatewayd", description="Village USSD/SMS gateway daemon.")
     p.add_argument("--version", action="version", version=f"gatewayd {__version__}")
@@ -64,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
     stp.add_argument("--json", action="store_true")
     stp.set_defaults(fn=cmd_status)
 
+    sub.add_parser("upstream-sim", add_help=False,
+                   help="a reference upstream: takes pushed batches, runs M-PESA actions "
+                        "against Daraja, returns results (see --help)")
+
     ob = sub.add_parser("outbox", help="SMS waiting for delivery, in the running daemon")
     obs = ob.add_subparsers(dest="outbox_command", required=True)
     ol = with_config(obs.add_parser("list", help="SMS, newest first"))
@@ -97,5 +106,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, rest = parser().parse_known_args(argv)
+    if args.command == "upstream-sim":
+        return cmd_upstream_sim(args, rest)
+    if rest:
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
     return args.fn(args)

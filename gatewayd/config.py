@@ -79,6 +79,13 @@ def _service_name(v: str) -> str | None:
     return None if is_gsm7(v) else "must use only GSM 03.38 (GSM-7) characters"
 
 
+def _url_or_empty(v: str) -> str | None:
+    if not v:
+        return None
+    return None if re.fullmatch(r"https?://[^\s/]+(/\S*)?", v) else \
+        "must be an http:// or https:// URL, or empty"
+
+
 def _nonempty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
@@ -200,6 +207,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mo_concat_timeout_seconds": Key(float, 120.0, "Parts of a long SMS still missing "
                                          "after this are given up.", _range(5, 3600)),
     },
+    "sync": {
+        "enabled": Key(bool, False, "Replicate the change log upstream and take back M-PESA "
+                       "results: serves the pull API at /sync and, with upstream_url, pushes."),
+        "upstream_url": Key(str, "", "The upstream's base URL for push (empty: pull only, "
+                            "the upstream fetches from /sync).", _url_or_empty),
+        "key_file": Key(str, "", "This site's key (64 hex characters), provisioned by the "
+                        "upstream; empty means <state_dir>/sync.key."),
+        "idle_poll_seconds": Key(float, 60.0, "With nothing to push, how often to ask for "
+                                 "M-PESA results.", _range(0.1, 86400)),
+        "max_batch_bytes": Key(int, 262144, "Cap on one compressed batch.",
+                               _range(4096, 1 << 20)),
+        "max_batch_records": Key(int, 20000, "Cap on the records in one batch.",
+                                 _range(1, 100000)),
+        "zstd_level": Key(int, 19, "zstd level for batches (19: ~19 B a change; 9 needs less "
+                          "memory for ~18% more bytes).", _range(1, 22)),
+        "window_seconds": Key(int, 300, "How far request timestamps may be from our clock.",
+                              _range(30, 3600)),
+    },
     "log": {
         "level": Key(str, "info", "debug, info, warning or error.",
                      _choice("debug", "info", "warning", "error")),
@@ -238,6 +263,10 @@ class Config:
     @property
     def admin_socket(self) -> str:
         return self.path("admin.sock")
+
+    @property
+    def sync_key_path(self) -> str:
+        return self.sync.key_file or self.path("sync.key")
 
     @property
     def pin_key_path(self) -> str:

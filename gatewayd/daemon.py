@@ -26,13 +26,14 @@ import hypercorn.trio
 import trio
 
 from gatewayd import __version__, config as config_mod, logs, metrics
-from gatewayd import smpp_jobs
+from gatewayd import smpp_jobs, upstream
 from gatewayd.admin import AdminApp
 from gatewayd.http import HttpApp
 from gatewayd.ratelimit import RateLimiter
 from gatewayd.router import Router
 from gatewayd.sdnotify import Notifier
 from gatewayd.smpp_channel import SmppChannel
+from gatewayd.sync_api import SyncApp
 from gatewayd.supervisor import Supervisor, at_once, leaf
 from gatewayd.ussd import UssdService
 from menus import lending as app
@@ -40,6 +41,7 @@ from menus.dialogs import TextMode
 from menus.texts import load_all
 from store import outbox, pins
 from store.writer import Store, StoreUnavailable, probe_write
+from sync.service import SyncService
 
 log = logs.get("gatewayd")
 
@@ -107,6 +109,7 @@ class Daemon:
         self.http_port: int | None = None
         self.http_app: HttpApp | None = None
         self.smpp: SmppChannel | None = None
+        self.sync: SyncService | None = None
         self.sms_reply_limiter = smpp_jobs.reply_limiter()
         self.pending_restart: list[str] = []
 
@@ -143,6 +146,9 @@ class Daemon:
                           "last_commit_ms": round(st.last_commit_ms, 3),
                           "last_error": self.store.last_error, "db_bytes": db_bytes},
                 "smpp": self.smpp.status() if self.smpp else {"enabled": False},
+                "sync": ({**await self.sync.lag(), **vars(self.sync.stats),
+                          "upstream": self.sync.upstream, "enabled": True}
+                         if self.sync else {"enabled": False}),
                 "queues": queues,
                 "disk": {"path": os.path.abspath(self.cfg.store.state_dir),
                          "free_bytes": disk.free, "total_bytes": disk.total},
@@ -168,6 +174,11 @@ class Daemon:
                 lambda: metrics.render(self), cfg.http.allow_from)
             admin_app = AdminApp(store, lambda: ussd.settings, lambda: ussd.texts, self.status)
             _clear_stale_socket(cfg.admin_socket)
+            if cfg.sync.enabled:
+                self.sync = upstream.build(cfg.sync, cfg.sync_key_path, cfg.site.id, store, ussd)
+                await self.sync.load()
+                store.commit_listeners.append(self.sync.changed)
+                http_app.sync_app = SyncApp(self.sync)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._signals)
@@ -182,6 +193,9 @@ class Daemon:
                 if cfg.smpp.enabled:
                     self.smpp = SmppChannel(cfg.smpp, store, ussd, self._sms_job_context)
                     await nursery.start(self.supervisor.run, "smpp", self.smpp.run)
+                if self.sync is not None and self.sync.upstream:
+                    await nursery.start(self.supervisor.run, "sync_push",
+                                        at_once(self.sync.push_loop))
                 nursery.start_soon(self.notifier.watchdog_loop)
 
                 await self.notifier.notify("READY=1", f"STATUS=serving {', '.join(cfg.ussd.service_codes)}")

@@ -41,6 +41,9 @@ class HttpApp(App):
         self.ussd = ussd
         self.health = health
         self.metrics = metrics
+        # The box's sync API (gatewayd.sync_api), when sync is configured: it carries its
+        # own per-site signatures, so http.allow_from does not apply to it.
+        self.sync_app: App | None = None
         self.configure(text_mode, max_body, allow_from)
 
     def configure(self, text_mode: TextMode, max_body: int,
@@ -53,6 +56,9 @@ class HttpApp(App):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
+        if path.startswith("/sync/") and self.sync_app is not None:
+            await self.sync_app.handle(scope, receive, send)
+            return
         try:
             if path.startswith("/ussd"):
                 self._check_client(scope)

@@ -73,6 +73,24 @@ async def render(daemon: Any) -> str:
            [(f'{{version="{__version__}",site="{daemon.cfg.site.id}"}}', 1)])
     if daemon.smpp is not None:
         _smpp(daemon.smpp, metric)
+    if daemon.sync is not None:
+        lag, st = await daemon.sync.lag(), daemon.sync.stats
+        metric("gatewayd_sync_lag_records", "gauge", "Change-log records the upstream has "
+               "not acknowledged.", [("", lag["records"])])
+        metric("gatewayd_sync_lag_seconds", "gauge", "Age of the oldest unacknowledged record.",
+               [("", lag["seconds"])])
+        metric("gatewayd_sync_checkpoint", "gauge", "Highest seq the upstream acknowledged.",
+               [("", lag["checkpoint"])])
+        metric("gatewayd_sync_bytes_sent_total", "counter", "Batch bytes sent (push and pull).",
+               [("", st.bytes_sent)])
+        metric("gatewayd_sync_batches_total", "counter", "Batches handed to the upstream.",
+               [('{way="push"}', st.batches_pushed), ('{way="pull"}', st.batches_pulled)])
+        metric("gatewayd_sync_failures_total", "counter", "Push or poll attempts that failed.",
+               [("", st.failures)])
+        metric("gatewayd_sync_backhaul_up", "gauge", "1 when the last call to the upstream "
+               "succeeded.", [("", 1 if st.backhaul else 0)])
+        metric("gatewayd_sync_inbound_applied_total", "counter", "Upstream changes applied.",
+               [("", st.inbound_applied)])
     metric("gatewayd_task_up", "gauge", "1 when a supervised task is running.",
            [(f'{{task="{n}"}}', 1 if t.state == "running" else 0)
             for n, t in daemon.supervisor.tasks.items()])

@@ -59,6 +59,19 @@ def _bytes(n: float) -> str:
     return f"{n} B"
 
 
+def _sync_line(sync: dict[str, Any], last_seq: int) -> str:
+    if not sync.get("enabled"):
+        return f"sync      off · change log at seq {last_seq}"
+    way = f"push to {sync['upstream']}" if sync.get("upstream") else "pull only"
+    line = (f"sync      {way} · lag {sync['records']} records"
+            + (f" ({_age(sync['seconds'])})" if sync["seconds"] else "")
+            + f" · acked to seq {sync['checkpoint']} · backhaul "
+            + ("up" if sync["backhaul"] else "down"))
+    if sync.get("last_error") and not sync["backhaul"]:
+        line += f" · last error {sync['last_error'][:80]}"
+    return line
+
+
 def render_status(s: dict[str, Any]) -> str:
     tasks = " · ".join(f"{n} {t['state']}" + (f" ({t['restarts']} restarts)" if t["restarts"] else "")
                        for n, t in sorted(s["tasks"].items()))
@@ -79,7 +92,7 @@ def render_status(s: dict[str, Any]) -> str:
                               if q["sms_oldest_queued_seconds"] else ""),
         f"m-pesa    {mp}" + (f" · oldest open {_age(q['mpesa_oldest_open_seconds'])}"
                              if q["mpesa_oldest_open_seconds"] else ""),
-        f"sync      change log at seq {q['change_log_last_seq']}",
+        _sync_line(s.get("sync", {}), q["change_log_last_seq"]),
         f"disk      {d['path']}: {_bytes(d['free_bytes'])} free of {_bytes(d['total_bytes'])}"
         f" · database {_bytes(st['db_bytes'])}",
     ]

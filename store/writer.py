@@ -113,6 +113,8 @@ class Store:
         self._reader_count = readers
         self._token: trio.lowlevel.TrioToken | None = None
         self.last_error: str | None = None
+        # Called on the trio thread after each successful commit (sync wakes on it).
+        self.commit_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
@@ -207,6 +209,13 @@ class Store:
         self.last_error = None
         for job in batch:
             self._finish(job)
+        if self.commit_listeners and self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._committed)
+
+    def _committed(self) -> None:
+        for listener in self.commit_listeners:
+            listener()
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):

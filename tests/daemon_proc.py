@@ -56,7 +56,7 @@ class DaemonProcess:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
             cwd=self.tmp)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        if not self._ready.wait(timeout):
+        if not self._ready.wait(timeout) or self.proc.poll() is not None:
             self.kill()
             raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
         return self
@@ -68,6 +68,7 @@ class DaemonProcess:
                 self._ready.set()
             if self._waiters:
                 self._check_waiters()
+        self._ready.set()  # it exited: start() sees that at once instead of timing out
 
     def wait_for_event(self, name: str, timeout: float = 20) -> dict:
         """Block until the daemon logs `name` (after the call) — an event, not a sleep."""
