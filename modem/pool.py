@@ -204,6 +204,10 @@ class ModemPool:
                 continue                     # (the finally below still runs)
             except (ModemDown, SendError) as e:
                 event = self._failed(item, w, e)
+            except Exception as e:   # a bug costs one attempt, not the pool
+                log.error("modem_send_crashed", modem=w.name, error=f"{type(e).__name__}: {e}",
+                          exc_info=e)
+                event = self._failed(item, w, e)
             else:
                 self._ids.discard(item.sms.outbox_id)
                 self.submitted += 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable
 
 import serial
@@ -41,6 +42,7 @@ from modem.pdu import SubmitPdu
 
 CTRL_Z = "\x1a"
 ESC = "\x1b"
+PROMPT_SETTLE = 0.2      # seconds for a modem to answer the ESC before it is flushed
 
 
 class PortGone(Exception):
@@ -62,13 +64,26 @@ class _Port(SerialComms):
         self._urc_parser = at.UrcParser()
         self.serial = serial.Serial(port=self.port, baudrate=self.baudrate, timeout=self.timeout,
                                     rtscts=self.rtscts, dsrdtr=False, exclusive=True)
+        # A modem left at the "> " prompt (the port died between AT+CMGS and the PDU)
+        # takes every command after it as PDU text, forever: ESC ends that, and the CR
+        # ends whatever half line is in its buffer. What it answers is thrown away.
+        self.serial.write(ESC.encode() + b"\r")
+        time.sleep(PROMPT_SETTLE)
+        self.serial.reset_input_buffer()
         self.alive = True
         self.rxThread = threading.Thread(target=self._readLoop, daemon=True,
                                          name=f"gsmmodem-reader {self.port}")
         self.rxThread.start()
 
     def close(self) -> None:
+        """Safe from any thread, also while another thread waits for an answer: that
+        wait ends at once (PortGone) instead of running out its timeout."""
         self.alive = False
+        if self._fatal is None:
+            self._fatal = PortGone("closed")
+        event = getattr(self, "_responseEvent", None)
+        if event is not None:
+            event.set()
         ser = getattr(self, "serial", None)
         if ser is not None:
             with contextlib.suppress(Exception):    # a port already gone cannot be woken
@@ -131,6 +146,11 @@ class _Port(SerialComms):
             raise
         except (serial.SerialException, OSError) as e:
             raise PortGone(f"{self.port}: {e}") from None
+        except Exception as e:
+            if self._fatal is not None or not self.alive:
+                # close() from another thread pulled the port from under this write.
+                raise PortGone(f"{self.port}: closed ({type(e).__name__})") from None
+            raise
         if self._fatal is not None:
             raise PortGone(f"{self.port}: {self._fatal}")
         if lines is None:

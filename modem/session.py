@@ -33,11 +33,20 @@ class Session:
     on_fail: Callable[[str], None]
     broken: trio.Event = field(default_factory=trio.Event)
     reason: str = ""
+    # Set by the command thread that saw the hang or the EOF, before the limiter lets
+    # the next one in: that one must not start on this port (an SMS sent on a port
+    # about to be closed would be sent again on the next one).
+    dead: bool = False
 
     def fail(self, reason: str) -> None:
         """The port is no good any more. Said at once (the worker stops taking SMS and
         the pool takes back what was lined up for it), closed and reopened after."""
+        self.dead = True
         if not self.broken.is_set():
             self.reason = reason
             self.broken.set()
             self.on_fail(reason)
+
+
+class Stale(Exception):
+    """A command that was waiting its turn when its port died: it never started."""

@@ -41,7 +41,7 @@ from modem.events import Location, OutgoingSms, SmsIn
 from modem.inbox import DEFAULT_TIMEOUT, Inbox
 from modem.receive import Receiving
 from modem.serialmodem import PortGone, SerialModem
-from modem.session import ModemDown, NotSent, SendError, Session
+from modem.session import ModemDown, NotSent, SendError, Session, Stale
 
 log = structlog.get_logger("gatewayd.modem")
 
@@ -213,8 +213,10 @@ class ModemWorker(Receiving):
             holder[0].fail(f"port gone: {error}")
 
     async def _close(self, modem: SerialModem) -> None:
+        # Not behind the limiter: a send waiting for +CMGS (up to send_timeout) would
+        # hold the close, and a stopping daemon, that long. close() wakes it instead.
         try:
-            await trio.to_thread.run_sync(modem.close, limiter=self.limiter)
+            await trio.to_thread.run_sync(modem.close, abandon_on_cancel=True)
         except Exception as e:  # noqa: BLE001 - closing a dead port fails; it is closed anyway
             log.debug("modem_close_failed", modem=self.name, error=str(e))
 
@@ -241,14 +243,23 @@ class ModemWorker(Receiving):
     async def _call(self, s: Session, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in a thread, alone on this modem: (command number, result)."""
         if s.broken.is_set():
-            raise ModemDown(s.reason)
+            raise NotSent(s.reason)
 
         def numbered() -> tuple[int, Any]:
-            self._command_no += 1          # under the limiter: one thread at a time
-            return self._command_no, fn(*args)
+            # In the worker thread, holding the limiter: one command at a time.
+            if s.dead:
+                raise Stale()
+            self._command_no += 1
+            try:
+                return self._command_no, fn(*args)
+            except (TimeoutException, PortGone):
+                s.dead = True
+                raise
 
         try:
             return await trio.to_thread.run_sync(numbered, limiter=self.limiter)
+        except Stale:
+            raise NotSent(s.reason or "port closing") from None
         except TimeoutException:
             s.fail(f"hang: no answer to {what} in time")
         except PortGone as e:
@@ -300,6 +311,8 @@ class ModemWorker(Receiving):
         except CommandError as e:
             self.send_failures += 1
             raise SendError(str(e), permanent=False) from None
+        except NotSent:
+            raise                       # the port died while this SMS waited its turn
         except ModemDown:
             self.send_failures += 1
             raise

@@ -89,6 +89,14 @@ async def until_state(pool: ModemPool, name: str, state: str, timeout: float = 1
             await pool._changed.wait()
 
 
+@pytest.fixture(autouse=True)
+def quick_prompt_settle(monkeypatch):
+    """The fake answers the ESC sent at open within a millisecond; a real modem gets
+    0.2 s. Every test opens modems, often several times: keep that wait short here."""
+    import modem.serialmodem
+    monkeypatch.setattr(modem.serialmodem, "PROMPT_SETTLE", 0.02)
+
+
 @pytest.fixture
 def fakes(tmp_path: Path):
     made: list[FakeModem] = []

@@ -69,6 +69,7 @@ class FakeModem:
         self.urc_in_answer: dict[str, bytes] = {}  # command prefix -> URC inside its answer
         self.on_sent: Callable[[Sent], None] | None = None
         self.hung = False
+        self.hang_at: str | None = None  # stop answering at the first command with this prefix
         self.babble = False        # answer every command with noise and a bare OK
         self.opened = 0
         self._out = bytearray()
@@ -252,6 +253,11 @@ class FakeModem:
                     return
                 cmd = self._inbuf[:end].decode("ascii", "replace").strip()
                 del self._inbuf[:end + 1]
+                if cmd and self.hang_at and cmd.startswith(self.hang_at):
+                    self.hung, self.hang_at = True, None
+                    self.commands.append(cmd)
+                    self.cond.notify_all()
+                    return
                 if cmd:
                     self.commands.append(cmd)
                     if self.echo:
@@ -299,6 +305,7 @@ class FakeModem:
             "AT+CSQ": (f"+CSQ: {self.rssi},99",), "AT+CREG?": (f"+CREG: 0,{self.creg}",),
             "AT+CSCA?": ('+CSCA: "+254722500029",145',),
             "AT+CPMS=?": ('+CPMS: ("SM","SR"),("SM"),("SM")',),
+            "AT+CSMP?": ("+CSMP: 49,167,0,0",),
             "AT+CPIN?": ("+CPIN: SIM PIN" if self.pin_locked else "+CPIN: READY",),
         }
         if c in simple:

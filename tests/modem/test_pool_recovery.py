@@ -82,15 +82,15 @@ async def test_unplugged_during_a_send(fakes, recorder):
 
 async def test_hang_while_sending_hands_over_to_the_other_modem(fakes, recorder):
     a, b = fakes("gsmmodem-A"), fakes("gsmmodem-B")
+    a.hang_at = "AT+CMGS"                                 # A freezes on the send itself
     cfg = {"at_timeout": 0.4, "send_timeout": 0.6}
     async with running([fast(a.link, **cfg), fast(b.link, **cfg)], recorder) as pool:
-        a.hang()
-        b.hang()
-        pool.submit(1, BOB, "whoever is first")
-        await recorder.wait_count(SendFailed, 1)          # one of them took it and hung
-        b.unhang()
+        pool.submit(1, BOB, "A takes it first (least busy, then by name)")
+        [failed] = await recorder.wait_count(SendFailed, 1)
+        assert failed.modem == "gsmmodem-A" and failed.error.startswith("hang: no answer to AT+CMGS")
         [sub] = await recorder.wait_count(Submitted, 1)
-        assert sub.modem == "gsmmodem-B" and len(b.sent) == 1
+        assert sub.modem == "gsmmodem-B" and sub.attempts == 2
+        assert not a.sent and len(b.sent) == 1
         a.unhang()
 
 
@@ -127,3 +127,12 @@ async def test_no_pin_configured_is_retried_and_said(fakes, recorder):
             await pool._changed.wait()
         assert "asks for a PIN" in w.last_error
         nursery.cancel_scope.cancel()
+
+
+async def test_stopping_during_a_send_does_not_wait_out_the_network(fakes, recorder):
+    fake = fakes(send_delay=30.0)
+    with trio.fail_after(5):                              # not send_timeout's 60 s
+        async with running([fast(fake.link, send_timeout=60)], recorder) as pool:
+            pool.submit(1, BOB, "in flight at shutdown")
+            await until(fake, lambda: len(fake.sent) == 1)
+    assert not recorder.of(Submitted)
