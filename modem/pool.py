@@ -225,10 +225,13 @@ class ModemPool:
         while True:
             await trio.sleep(SWEEP_SECONDS)
             now = time.time()
+            gone = []
             for q in (self._queue, *self._lined_up.values()):
                 for item in [i for i in q if i.deadline is not None and now > i.deadline]:
-                    q.remove(item)
-                    await self._emit(self._expired(item))
+                    q.remove(item)           # all taken out before the first await
+                    gone.append(self._expired(item))
+            for event in gone:
+                await self._emit(event)
 
     def _expired(self, item: _Item) -> SendFailed:
         self._ids.discard(item.sms.outbox_id)
