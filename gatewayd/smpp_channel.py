@@ -42,7 +42,7 @@ from gatewayd.smpp import pdu as P
 from gatewayd.smpp.client import Esme, Inbound
 from gatewayd.smpp.sender import Accepted, Expired, Failed, Retrying, Sender
 from gatewayd.smpp.session import Backoff, BindMode, SessionConfig, State
-from gatewayd.smpp_stats import SmppStats
+from gatewayd.smpp_stats import ReceiptParking, SmppStats
 from gatewayd.ussd import UssdService
 from menus.dialogs import TextMode
 from store import sms as sms_store
@@ -74,6 +74,7 @@ class SmppChannel:
         self._ussd_refs = itertools.count(1)
         self._stopping = False
         self._drained = trio.Event()
+        self._parking = ReceiptParking()
         self.configure(smpp_cfg)
 
     # -- settings ----------------------------------------------------------------------
@@ -129,7 +130,8 @@ class SmppChannel:
 
     def status(self) -> dict[str, Any]:
         tx = self._tx
-        return {**self.stats.counters(), "host": self.cfg.host, "port": self.cfg.port, "bind": self.bind_summary(),
+        return {"enabled": True, **self.stats.counters(), "host": self.cfg.host,
+                "port": self.cfg.port, "bind": self.bind_summary(),
                 "binds_state": dict(self.stats.bind_state), "window": self.cfg.window,
                 "window_in_use": self.window_in_use(),
                 "sender_queued": tx.sender.queued if tx else 0,
@@ -241,8 +243,12 @@ class SmppChannel:
         self._drained.set()     # every bind stopped and all it said is applied
 
     async def _apply(self, batch: list[tuple[Esme, Any]], nursery: trio.Nursery) -> None:
+        # Sender outcomes first, then what came in, each in arrival order: in pair mode
+        # a receipt on the receiver bind may arrive before its submit_sm_resp on the
+        # transmitter bind, and must be matched against the id recorded in this batch.
         ops: list[jobs.Op] = []
         refs: list[tuple | None] = []          # the sender ref behind each op
+        inbound: list[jobs.Op] = []
         answers: list[tuple[Esme, tuple[int, int], int]] = []   # (esme, token, op index)
         for esme, ev in batch:
             if isinstance(ev, Inbound):
@@ -254,9 +260,8 @@ class SmppChannel:
                 if op is None:
                     await esme.respond(ev.token)
                     continue
-                answers.append((esme, ev.token, len(ops)))
-                ops.append(op)
-                refs.append(None)
+                answers.append((esme, ev.token, len(inbound)))
+                inbound.append(op)
             elif isinstance(ev, (Accepted, Retrying, Failed, Expired)):
                 op = self._outcome_op(ev)
                 if op is not None:
@@ -264,10 +269,24 @@ class SmppChannel:
                     refs.append(ev.ref)
             elif self.stats.bind_event(esme.config.bind_mode.value, ev):
                 self._feed_wake.set()
+        answers = [(esme, token, i + len(ops)) for esme, token, i in answers]
+        ops += inbound
+        refs += [None] * len(inbound)
+        now = trio.current_time()
+        for gone in self._parking.expired(now):
+            self.stats.applied(gone, sms_store.ReceiptResult(None))      # unknown after all
+        retried = (self._parking.take() if any(isinstance(o, jobs.Accepted) for o in ops)
+                   else [])
+        ops += retried
+        refs += [None] * len(retried)
         if not ops:
             return
         results = await self._write(ops, refs, answers)
+        again = {id(op) for op in retried}
         for (op, ref), result in zip(zip(ops, refs), results):
+            if (self.cfg.bind_mode == "pair" and self._parking.park(
+                    op, result, id(op) in again, now, self.cfg.response_timeout_seconds)):
+                continue
             if self.stats.applied(op, result):
                 self._feed_wake.set()       # an answer to an SMS in waits in the outbox
             if ref is not None and not isinstance(op, jobs.Retrying):

@@ -1,5 +1,6 @@
 """What the SMPP channel has done, for `gatewayd status`, /metrics and /healthz, and the
-log line each outcome deserves. Bookkeeping only: no I/O beyond the log."""
+log line each outcome deserves; and receipts waiting for their message id. Bookkeeping
+only: no I/O beyond the log, no clock (times are passed in)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gatewayd import logs
 from gatewayd import smpp_jobs as jobs
 from gatewayd.smpp.client import ConnectFailed
 from gatewayd.smpp.session import BindFailed, Bound, Closed, ProtocolWarning
+from store.sms import ReceiptResult
 
 log = logs.get("gatewayd.smpp")
 
@@ -107,3 +109,40 @@ class SmppStats:
             self.protocol_warnings += 1
             log.warning("smpp_protocol_warning", reason=ev.reason)
         return False
+
+
+class ReceiptParking:
+    """Pair mode: a receipt comes on the receiver bind and can overtake the
+    submit_sm_resp of its message on the transmitter bind, so its id is not recorded
+    yet. Such a receipt waits here and is tried again with the next ids recorded, for at
+    most a response timeout; then it is unknown after all. (Its deliver_sm was answered:
+    holding the resp would stall the SMSC, and a receipt is worth less than that.)"""
+
+    def __init__(self) -> None:
+        self._parked: list[tuple[float, jobs.ReceiptIn]] = []
+        self._until: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._parked)
+
+    def expired(self, now: float) -> list[jobs.ReceiptIn]:
+        gone = [op for until, op in self._parked if until <= now]
+        self._parked = [(until, op) for until, op in self._parked if until > now]
+        return gone
+
+    def take(self) -> list[jobs.ReceiptIn]:
+        """All parked receipts, to be tried again (`park` them back if still unknown)."""
+        self._until = {id(op): until for until, op in self._parked}
+        taken, self._parked = [op for _, op in self._parked], []
+        return taken
+
+    def park(self, op: jobs.Op, result: Any, retried: bool, now: float, wait: float) -> bool:
+        """True when `op` is a receipt for an unknown id that may still be matched."""
+        if not (isinstance(op, jobs.ReceiptIn) and isinstance(result, ReceiptResult)
+                and result.sms_id is None and not result.ambiguous):
+            return False
+        until = self._until.pop(id(op), 0.0) if retried else now + wait
+        if until <= now:
+            return False
+        self._parked.append((until, op))
+        return True

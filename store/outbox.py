@@ -121,13 +121,17 @@ class OutboxError(ValueError):
 
 def sms_retry(conn: sqlite3.Connection, sms_id: int, now: float,
               ttl: float = SMS_TTL_SECONDS) -> dict[str, Any]:
-    """An operator sends a failed or expired SMS again, with a fresh validity."""
+    """An operator sends a failed or expired SMS again, with a fresh validity: every
+    part of it, so what a channel recorded of the last try (accepted parts, their
+    message ids and receipts) is dropped; the change log keeps the story."""
     cur = conn.execute(
         "UPDATE sms_outbox SET state = 'queued', attempts = 0, last_error = NULL, "
         "expires_at = ?, updated_at = ? WHERE id = ? AND state IN ('failed', 'expired', 'cancelled')",
         (now + ttl, now, sms_id))
     if cur.rowcount != 1:
         raise OutboxError(_why_not(conn, sms_id, "retried", "failed, expired or cancelled"))
+    conn.execute("DELETE FROM sms_message_ids WHERE sms_id = ?", (sms_id,))
+    conn.execute("DELETE FROM sms_parts WHERE sms_id = ?", (sms_id,))
     return sms_changed(conn, sms_id, now)
 
 

@@ -125,3 +125,18 @@ def test_arbitrary_deliver_sm_content_never_fails_an_op(tmp_path_factory, settin
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
         conn.close()
+
+
+def test_a_receipt_that_overtook_its_id_waits_at_most_a_response_timeout():
+    from gatewayd.smpp_stats import ReceiptParking
+    from store.sms import ReceiptResult
+    parking, unknown = ReceiptParking(), ReceiptResult(None)
+    op = jobs.ReceiptIn(("t:1a2b",), "DELIVERED", None)
+    assert not parking.park(op, ReceiptResult(None, ambiguous=True), False, 0.0, 10.0)
+    assert not parking.park(op, ReceiptResult(7, 0, True, "delivered"), False, 0.0, 10.0)
+    assert parking.park(op, unknown, False, now=0.0, wait=10.0)
+    assert parking.expired(5.0) == [] and len(parking) == 1
+    [again] = parking.take()
+    assert again is op and len(parking) == 0
+    assert parking.park(again, unknown, True, now=6.0, wait=10.0)     # keeps its deadline
+    assert parking.expired(10.0) == [op] and len(parking) == 0

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatewayd.smpp import sms
+from menus.texts import load_all
 from tests.daemon_proc import Phone
 from tests.smpp.e2e import (collect, daemon, health, rows, seed_outbox, status,
                             wait_logged)
@@ -16,6 +17,7 @@ from tests.smpp.e2e import (collect, daemon, health, rows, seed_outbox, status,
 pytestmark = pytest.mark.e2e
 
 AMINA, PETER, NEEMA = "254711000001", "254722000002", "254733000003"
+TEXTS = load_all()
 
 
 def sms_to(smsc, msisdn):
@@ -236,5 +238,49 @@ def test_throttling_slows_the_sender_and_everything_still_goes(tmp_path, smsc_fa
         ev = wait_logged(d, "reloaded")[-1]
         assert "smpp.submit_rate" in ev["applied"] and ev["needs_restart"] == ["smpp.port"]
         assert status(d)["smpp"]["submit_rate_max"] == 5.0
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_transmitter_and_receiver_pair_carries_sms_receipts_and_ussd(tmp_path, smsc):
+    d = daemon(tmp_path, smsc.port, bind_mode="pair").start()
+    try:
+        binds = {e["command"] for e in collect(smsc, lambda e: e["event"] == "bind", 2)}
+        assert binds == {"bind_transmitter", "bind_receiver"}
+        wait_logged(d, "smpp_bound", 2)
+        assert health(d)[1]["parts"]["smpp_bind"] == "bound"
+        smsc.command(cmd="mo", source=AMINA, dest="383", text="msaada")
+        reply = smsc.wait_for_sync(sms_to(smsc, AMINA))
+        assert reply["short_message"].startswith("Mkopo Jirani: piga *383#")
+        # Its receipt comes on the receiver bind and settles the outbox row.
+        wait_logged(d, "sms_receipt")
+        assert rows(d, "SELECT state FROM sms_outbox")[0][0] == "delivered"
+        smsc.command(cmd="ussd", source=NEEMA, dest="383", text="*383#", op=1, session=0x700)
+        assert "1 English" in smsc.wait_for_sync(sms_to(smsc, NEEMA))["short_message"]
+        s = status(d)["smpp"]
+        assert s["binds_state"] == {"transmitter": "bound", "receiver": "bound"}
+        assert (s["mo_messages"], s["receipts"], s["ussd_hops"]) == (1, 1, 1)
+    finally:
+        assert d.stop() == 0
+    assert len(collect(smsc, smsc.recv("unbind"), 2)) == 2          # both binds unbound
+
+
+def test_a_power_cut_between_the_parts_of_a_long_sms_loses_no_part(tmp_path, smsc):
+    d = daemon(tmp_path, smsc.port).start()
+    text = "SALIO " + "nataka kujua deni langu la mkopo " * 6
+    long_sms = dict(cmd="mo", source=AMINA, dest="383", text=text, parts=2, ref=77)
+    try:
+        wait_logged(d, "smpp_bound")
+        smsc.command(**long_sms, only=[1])
+        assert smsc.wait_for_sync(smsc.recv("deliver_sm_resp"))["status"] == 0  # committed
+        d.kill()                                           # the power goes
+        d.start()
+        wait_logged(d, "smpp_bound", 2)
+        smsc.command(**long_sms, only=[2])
+        reply = smsc.wait_for_sync(sms_to(smsc, AMINA))
+        assert reply["short_message"] == TEXTS["sw"].get(
+            "sms_not_registered", service="Mkopo Jirani", code="*383#")
+        [msg] = rows(d, "SELECT body, parts, complete, command FROM sms_inbox")
+        assert tuple(msg) == (text, 2, 1, "balance")
     finally:
         assert d.stop() == 0

@@ -165,3 +165,15 @@ def test_inbox_row_is_change_logged(conn):
     assert (row["body"], row["command"], row["complete"]) == ("BAL ****", "balance", 1)
     entity, payload = conn.execute("SELECT entity, payload FROM change_log").fetchone()
     assert entity == "sms_in" and json.loads(payload)["body"] == "BAL ****"
+
+
+def test_an_operator_retry_sends_every_part_again(conn):
+    sms_id = queue(conn)
+    accept(conn, sms_id, 0, 2, "c0")
+    accept(conn, sms_id, 1, 2, "c1")
+    receipt(conn, "c1", "UNDELIVERABLE")
+    assert state(conn, sms_id)["state"] == "failed"
+    txn(conn, outbox.sms_retry, sms_id, NOW + 60)
+    [again] = S.sendable(conn, NOW + 60, held=(), limit=5, validity=DAY)
+    assert (again.id, again.done_parts) == (sms_id, frozenset())
+    assert receipt(conn, "c0").sms_id is None          # the old ids name nothing now

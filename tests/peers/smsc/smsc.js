@@ -24,7 +24,7 @@
 //
 // Commands, one JSON object per line on stdin, sent to the newest bound receiver:
 //   {"cmd":"mo","source":"2547..","dest":"383","text":"..","parts":3,"order":"reverse",
-//    "dup":[2],"ref":42,"scheme":"udh8|udh16|sar","coding":"gsm|ucs2"}
+//    "dup":[2],"ref":42,"scheme":"udh8|udh16|sar","coding":"gsm|ucs2","only":[1]}
 //   {"cmd":"ussd","source":"2547..","dest":"383","text":"*383#","op":1,"session":4608,
 //    "service_type":"USSD"}                       (session: its_session_info, or null)
 //   {"cmd":"receipt","id":"1a2b","stat":"DELIVRD","state":2,"source":"2547..","dest":"383",
@@ -163,7 +163,10 @@ function onSubmit(session, pdu) {
   // nothing is queued), so that a crash right after leaves an exact record.
   session.send(pdu.response({ message_id: id }), null, () => {
     if (pdu.registered_delivery & 1) {
-      for (const r of receipts(id, pdu)) sendDeliver(session, r, { receipt_for: id });
+      // A transmitter bind cannot take deliver_sm: its receipts go to a receiver bind.
+      const to = bound.includes(session) ? session : bound[bound.length - 1];
+      if (!to) return;
+      for (const r of receipts(id, pdu)) sendDeliver(to, r, { receipt_for: id });
     }
   });
   emit({ event: 'submit_sm_resp', seq: pdu.sequence_number, status: 0, message_id: id });
@@ -252,6 +255,7 @@ function moPdus(cmd) {
     out.push(Object.assign({}, base, { esm_class: 0x40, short_message: Buffer.concat([udh, chunk]) }));
   }
   if (cmd.order === 'reverse') out.reverse();
+  if (cmd.only) return out.filter((p) => cmd.only.includes(partSeq(p)));
   for (const seq of cmd.dup || []) out.push(out.find((p) => partSeq(p) === seq));
   return out;
 }
