@@ -207,6 +207,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mo_concat_timeout_seconds": Key(float, 120.0, "Parts of a long SMS still missing "
                                          "after this are given up.", _range(5, 3600)),
     },
+    "modem_pool": {
+        # Per-modem settings are [[modems]] tables (modem/config.py checks them).
+        "max_attempts": Key(int, 5, "Sends of one SMS (across all modems) before it is "
+                            "given up as failed.", _range(1, 100)),
+        "backoff_min_seconds": Key(float, 1.0, "First wait before a dead modem is reopened "
+                                   "(doubles each time).", _range(0.05, 600)),
+        "backoff_max_seconds": Key(float, 60.0, "Longest wait between reopens.",
+                                   _range(0.1, 3600)),
+        "reassembly_timeout_seconds": Key(float, 300.0, "Parts of a long SMS still missing "
+                                          "after this: the rest is answered as it is.",
+                                          _range(5, 86400)),
+        "sms_validity_hours": Key(float, 24.0, "An SMS the modems have not sent this long "
+                                  "after it was queued expires instead.", _range(0.05, 168)),
+        "mo_dedupe_seconds": Key(float, 86400.0, "An SMS whose key (sender, time stamp, "
+                                 "text) was committed this recently is the modem's repeat "
+                                 "and is dropped.", _range(0, 30 * 86400)),
+    },
     "sync": {
         "enabled": Key(bool, False, "Replicate the change log upstream and take back M-PESA "
                        "results: serves the pull API at /sync and, with upstream_url, pushes."),
@@ -247,9 +264,13 @@ class Section:
 class Config:
     """Attribute access by section: `cfg.http.listen`."""
 
-    def __init__(self, values: dict[str, dict[str, Any]], source: str | None) -> None:
+    def __init__(self, values: dict[str, dict[str, Any]], source: str | None,
+                 modems: list[Any] | None = None) -> None:
         self.source = source
         self.values = values
+        # [[modems]]: an array of tables, kept apart from `values` (sections of keys);
+        # modem.config.ModemConfig objects, checked.
+        self.modems = list(modems or [])
         for section, keys in values.items():
             setattr(self, section, Section(section, keys))
 
@@ -283,6 +304,9 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     current = None
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
+        if s.startswith("[["):      # an array table ([[modems]]) ends the section
+            current = None
+            continue
         m = re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", s)
         if m:
             current = m.group(1)
@@ -310,7 +334,11 @@ def validate(data: dict[str, Any], text: str = "", source: str = "<config>") -> 
         name = f"{section}.{key}" if key else section
         return f"{source}:{line}: {name}" if line else f"{source}: {name}"
 
+    modems: list[Any] = []
     for section, table in data.items():
+        if section == "modems":
+            modems = _modems(table, text, source, problems)
+            continue
         if section not in SCHEMA:
             problems.append(f"{where(section, None)}: unknown section "
                             f"(known: {', '.join(SCHEMA)})")
@@ -341,7 +369,41 @@ def validate(data: dict[str, Any], text: str = "", source: str = "<config>") -> 
                         "name from the operator")
     if problems:
         raise ConfigError(problems)
-    return Config(values, source)
+    return Config(values, source, modems)
+
+
+def _modems(tables: Any, text: str, source: str, problems: list[str]) -> list[Any]:
+    """[[modems]] tables -> ModemConfig list; a problem names modems[i].key and its line."""
+    from modem.config import ConfigError as ModemConfigError, parse
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        problems.append(f"{source}: modems: must be [[modems]] tables")
+        return []
+    try:
+        return parse(tables)
+    except ModemConfigError as e:
+        msg = str(e)
+        m = re.match(r"modems\[(\d+)\]\.(\w+)", msg)
+        line = _modem_line(text, int(m.group(1)), m.group(2)) if m and text else None
+        problems.append(f"{source}:{line}: {msg}" if line else f"{source}: {msg}")
+        return []
+
+
+def _modem_line(text: str, index: int, key: str) -> int | None:
+    """The line of `key` in the index-th [[modems]] table, or of its header."""
+    seen, header = -1, None
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if s.startswith("["):
+            if re.match(r"^\[\[\s*modems\s*\]\]", s):
+                seen += 1
+                if seen == index:
+                    header = n
+                    continue
+            if header is not None:
+                break
+        elif header is not None and re.match(rf"^\"?{re.escape(key)}\"?\s*=", s):
+            return n
+    return header
 
 
 def load(path: str | None) -> Config:

@@ -31,6 +31,44 @@ def test_example_documents_every_key_and_matches_the_defaults():
             assert key in data[section], f"example lacks {section}.{key}"
             assert data[section][key] == spec.default, f"{section}.{key} differs from the default"
     assert config.load(str(EXAMPLE)).values == config.defaults()
+    # [[modems]] is an array of tables: none by default, so the example's is commented out.
+    assert "modems" not in data and config.load(str(EXAMPLE)).modems == []
+
+
+def test_example_modem_table_documents_every_key_and_parses_uncommented(tmp_path):
+    from dataclasses import fields
+
+    from modem.config import ModemConfig
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# [[modems]]")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("# "))
+    table = [ln[2:] for ln in lines[start:end]]
+    keys = {ln.split("=")[0].strip() for ln in table[1:]}
+    assert keys == {f.name for f in fields(ModemConfig)}
+    [m] = config.load(_write(tmp_path, "\n".join(table) + "\n")).modems
+    assert (m.port, m.name, m.baud, m.pin) == ("/dev/gsmmodem-ABC123", "gsmmodem-ABC123",
+                                               115200, "1234")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[[modems]]\nport = "/dev/a"\n[[modems]]\nport = "/dev/b"\nbaud = 3\n',
+     ":5: modems[1].baud: one of"),
+    ('[site]\nid = "a"\n[[modems]]\nbaud = 9600\n', ":3: modems[0].port: required"),
+    ('[[modems]]\nport = "/dev/a"\nspeed = 1\n', ":3: modems[0].speed: unknown key"),
+    ('[[modems]]\nport = "/dev/a"\n[[modems]]\nport = "/dev/a"\nname = "b"\n',
+     ":4: modems[1].port: /dev/a is the same device as modems[0]"),
+    ("modems = 3\n", "modems: must be [[modems]] tables"),
+])
+def test_bad_modem_tables_name_the_key_and_line(tmp_path, text, expected):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(_write(tmp_path, text))
+    assert any(expected in p for p in e.value.problems), e.value.problems
+
+
+def test_a_bad_sim_pin_is_never_echoed(tmp_path):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(_write(tmp_path, '[[modems]]\nport = "/dev/a"\npin = "98x7"\n'))
+    assert ":3: modems[0].pin" in e.value.problems[0] and "98x7" not in str(e.value)
 
 
 def _write(tmp_path, text):
