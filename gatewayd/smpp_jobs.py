@@ -19,22 +19,18 @@ answers the batch's PDUs with a temporary error so that the SMSC sends them agai
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gatewayd import logs
+from gatewayd import logs, sms_answer
 from gatewayd.ratelimit import RateLimiter
 from gatewayd.smpp import mo, receipts
 from gatewayd.smpp.mo import MoPart
 from gatewayd.smpp.pdu import Pdu
 from gatewayd.smpp.sms import Concat
-from menus import msisdn as phone
-from menus import sms_commands
 from menus.flow import Settings
 from menus.texts import Texts
-from store import outbox
 from store import sms as sms_store
 
 log = logs.get("gatewayd.smpp")
@@ -204,24 +200,10 @@ def _part_of(row: sqlite3.Row) -> MoPart:
 def _deliver(conn: sqlite3.Connection, ctx: JobContext, parts: list[MoPart], dedupe_key: str,
              complete: bool, now: float) -> MoResult:
     """A whole message (or what came of one): answered by the SMS commands, stored with
-    its reply in this transaction, so that the two commit together or not at all."""
-    text = mo.message_text(parts)
-    source, code = parts[0].source_addr, parts[0].destination_addr
-    msisdn = phone.normalize(source)
-    reply_id = None
-    if msisdn is None:
-        # Not a Kenyan phone (another short code, an alphanumeric sender): kept, not answered.
-        command, kept, msisdn = "not_a_phone", sms_commands.mask_pins(text), source
-    else:
-        ans = sms_commands.answer(conn, msisdn, text, now, ctx.settings, ctx.texts)
-        command, kept = ans.command, ans.kept_text
-        if ctx.reply_limiter.allow(msisdn, time.monotonic()):
-            reply_id = outbox.queue_sms(conn, ctx.settings.site, msisdn, ans.reply, now,
-                                        ttl=ctx.validity)
-        else:
-            log.warning("sms_reply_rate_limited", msisdn=msisdn)
-    sms_store.store_inbox(conn, ctx.settings.site, dedupe_key, msisdn, code, kept, len(parts),
-                          complete, command, reply_id, now)
+    its reply in this transaction (gatewayd.sms_answer, shared with the modems)."""
+    command, reply_id = sms_answer.answer_and_store(
+        conn, ctx, parts[0].source_addr, parts[0].destination_addr, mo.message_text(parts),
+        len(parts), dedupe_key, complete, now)
     return MoResult("message", command, reply_id, len(parts))
 
 
