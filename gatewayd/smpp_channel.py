@@ -11,7 +11,8 @@ transceiver, or a transmitter + receiver pair) and runs three loops beside them:
   the parts the SMSC already accepted;
 - the event loop reads every Esme event in order, in batches: sender outcomes, receipts
   and inbound SMS parts are applied in ONE store transaction per batch
-  (gatewayd.smpp_jobs), and each deliver_sm is answered only after that commit. USSD
+  (gatewayd.smpp_jobs), and each deliver_sm is answered only after that commit (a
+  receipt that overtook its message id on a pair waits for it: ReceiptParking). USSD
   deliver_sm are answered at once (the dialog lives in the reply, not the resp), and
   each hop runs as its own task through UssdService.hop, its screen going back as an
   urgent submit_sm;
