@@ -7,6 +7,7 @@ open money-moving commands with it. `gatewayd status`, `outbox` and `mpesa` talk
 - GET  /outbox?state=S     SMS, newest first
 - POST /outbox/retry       {"id"}: send a failed, expired or cancelled SMS again
 - POST /outbox/cancel      {"id"}: stop a queued SMS
+- GET  /modems             the modems: port, state, signal, registration, queue depth
 - GET  /mpesa?state=S      M-PESA actions, newest first
 - POST /mpesa/resolve      settle an action by hand from the M-PESA statement:
                            {"key", "result": "succeeded"|"failed", "receipt", "code", "reason"}
@@ -46,8 +47,13 @@ def resolve_job(conn: Any, settings: app.Settings, texts: dict, key: str, succee
 class AdminApp(App):
     def __init__(self, store: Store, settings_of: Callable[[], app.Settings],
                  texts_of: Callable[[], dict],
-                 status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+                 status: Callable[[], Awaitable[dict[str, Any]]],
+                 modems: Callable[[], dict[str, Any]] = lambda: {"modems": [], "queued": 0},
+                 cancelled: Callable[[int], None] = lambda sms_id: None) -> None:
         self.store = store
+        self.modems = modems
+        # An SMS cancelled here may already sit in a channel's memory (the modem pool).
+        self.cancelled = cancelled
         self.settings_of = settings_of
         self.texts_of = texts_of
         self.status = status
@@ -58,6 +64,8 @@ class AdminApp(App):
         try:
             if (method, path) == ("GET", "/status"):
                 await _json(send, 200, await self.status())
+            elif (method, path) == ("GET", "/modems"):
+                await _json(send, 200, self.modems())
             elif (method, path) == ("GET", "/outbox"):
                 sms = await self.store.read(outbox.sms_list, query.get("state", [None])[0], 200)
                 await _json(send, 200, {"sms": sms})
@@ -68,6 +76,8 @@ class AdminApp(App):
                     raise ValueError('need {"id": <SMS id>}')
                 fn = outbox.sms_retry if path.endswith("retry") else outbox.sms_cancel
                 row = await self.store.write(fn, sms_id, time.time())
+                if row["state"] == "cancelled":
+                    self.cancelled(sms_id)
                 log.info("outbox_changed_by_operator", sms=sms_id, state=row["state"])
                 await _json(send, 200, {"id": sms_id, "state": row["state"]})
             elif (method, path) == ("GET", "/mpesa"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from gatewayd import __version__
-from gatewayd.opscli import (cmd_db_backup, cmd_db_check, cmd_mpesa_list, cmd_mpesa_resolve,
+from gatewayd.opscli import (cmd_db_backup, cmd_db_check, cmd_mpesa_list, cmd_modems, cmd_mpesa_resolve,
                              cmd_outbox_change, cmd_outbox_list, cmd_status, load_config)
 
 
@@ -68,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     stp = with_config(sub.add_parser("status", help="one screen: what the running daemon is doing"))
     stp.add_argument("--json", action="store_true")
     stp.set_defaults(fn=cmd_status)
+
+    mo = with_config(sub.add_parser(
+        "modems", help="the running daemon's GSM modems: port, SIM, signal, queue, last error"))
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(fn=cmd_modems)
 
     sub.add_parser("upstream-sim", add_help=False,
                    help="a reference upstream: takes pushed batches, runs M-PESA actions "

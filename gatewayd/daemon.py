@@ -1,7 +1,8 @@
 """`gatewayd run`: one root nursery, supervised tasks, graceful stop.
 
 Order matters at both ends. Start: store (migrations) -> dialogs restored -> HTTP and
-admin listeners -> the SMPP bind (when enabled) -> READY. Stop (SIGTERM/SIGINT):
+admin listeners -> the SMPP bind (when enabled) -> the modem pool (when [[modems]] are
+configured; started at once, a dead modem is a status line) -> READY. Stop (SIGTERM/SIGINT):
 STOPPING -> listeners stop accepting -> in-flight hops finish (bounded by
 http.graceful_seconds) -> the SMPP channel unbinds and records every answer it got ->
 background tasks are cancelled -> the store writer drains its queue, checkpoints the
@@ -29,6 +30,7 @@ from gatewayd import __version__, config as config_mod, logs, metrics
 from gatewayd import smpp_jobs, upstream
 from gatewayd.admin import AdminApp
 from gatewayd.http import HttpApp
+from gatewayd.modem_channel import ModemChannel
 from gatewayd.ratelimit import RateLimiter
 from gatewayd.router import Router
 from gatewayd.sdnotify import Notifier
@@ -58,7 +60,8 @@ LIVE_KEYS = {"security.pin_attempts", "security.pin_lock_minutes", "security.pin
              "smpp.submit_rate", "smpp.throttle_pause_seconds", "smpp.source_addr", "smpp.source_addr_ton",
              "smpp.source_addr_npi", "smpp.long_sms", "smpp.sms_validity_hours",
              "smpp.submit_id_format", "smpp.receipt_id_format", "smpp.ussd_profile",
-             "smpp.mo_dedupe_seconds", "smpp.mo_concat_timeout_seconds"}
+             "smpp.mo_dedupe_seconds", "smpp.mo_concat_timeout_seconds",
+             "modem_pool.sms_validity_hours", "modem_pool.mo_dedupe_seconds"}
 
 
 def settings_from(cfg: config_mod.Config) -> app.Settings:
@@ -109,6 +112,7 @@ class Daemon:
         self.http_port: int | None = None
         self.http_app: HttpApp | None = None
         self.smpp: SmppChannel | None = None
+        self.modems: ModemChannel | None = None
         self.sync: SyncService | None = None
         self.sms_reply_limiter = smpp_jobs.reply_limiter()
         self.pending_restart: list[str] = []
@@ -123,6 +127,10 @@ class Daemon:
             # Unbound, the box sends no SMS and serves no USSD from the operator.
             parts["smpp_bind"] = self.smpp.bind_summary()
             ok = ok and self.smpp.bound()
+        if self.modems is not None:
+            # Not one modem that can send: no SMS go out (or come in) through them.
+            parts["modems"] = self.modems.summary()
+            ok = ok and self.modems.healthy()
         return ok, {"status": "ok" if ok else "failing", "parts": parts, "version": __version__}
 
     async def status(self) -> dict[str, Any]:
@@ -146,6 +154,7 @@ class Daemon:
                           "last_commit_ms": round(st.last_commit_ms, 3),
                           "last_error": self.store.last_error, "db_bytes": db_bytes},
                 "smpp": self.smpp.status() if self.smpp else {"enabled": False},
+                "modems": self.modems.status() if self.modems else {"enabled": False},
                 "sync": ({**await self.sync.lag(), **vars(self.sync.stats),
                           "upstream": self.sync.upstream, "enabled": True}
                          if self.sync else {"enabled": False}),
@@ -172,7 +181,8 @@ class Daemon:
             self.http_app = http_app = HttpApp(
                 ussd, TextMode(cfg.ussd.text_mode), cfg.http.max_body_bytes, self.health,
                 lambda: metrics.render(self), cfg.http.allow_from)
-            admin_app = AdminApp(store, lambda: ussd.settings, lambda: ussd.texts, self.status)
+            admin_app = AdminApp(store, lambda: ussd.settings, lambda: ussd.texts, self.status,
+                                 self._modem_rows, self._cancelled)
             _clear_stale_socket(cfg.admin_socket)
             if cfg.sync.enabled:
                 self.sync = upstream.build(cfg.sync, cfg.sync_key_path, cfg.site.id, store, ussd)
@@ -193,6 +203,12 @@ class Daemon:
                 if cfg.smpp.enabled:
                     self.smpp = SmppChannel(cfg.smpp, store, ussd, self._sms_job_context)
                     await nursery.start(self.supervisor.run, "smpp", self.smpp.run)
+                if cfg.modems:
+                    # SMPP, when enabled, sends every SMS: two feeders on one outbox
+                    # would send each twice. The modems then only receive.
+                    self.modems = ModemChannel(cfg, store, self._modem_job_context,
+                                               sends=not cfg.smpp.enabled)
+                    await nursery.start(self.supervisor.run, "modems", self.modems.run)
                 if self.sync is not None and self.sync.upstream:
                     await nursery.start(self.supervisor.run, "sync_push",
                                         at_once(self.sync.push_loop))
@@ -263,7 +279,9 @@ class Daemon:
         for name in applied:
             s, k = name.split(".")
             values[s][k] = new.values[s][k]
-        cfg = config_mod.Config(values, self.cfg.source)
+        if new.modems != self.cfg.modems:
+            pending.append("modems")        # ports are opened at start
+        cfg = config_mod.Config(values, self.cfg.source, self.cfg.modems)
 
         ussd = self.ussd
         ussd.texts = load_all()
@@ -291,6 +309,25 @@ class Daemon:
             settings=self.ussd.settings, texts=self.ussd.texts,
             validity=c.sms_validity_hours * 3600, dedupe_window=c.mo_dedupe_seconds,
             concat_timeout=c.mo_concat_timeout_seconds, reply_limiter=self.sms_reply_limiter)
+
+    def _modem_job_context(self) -> smpp_jobs.JobContext:
+        """As _sms_job_context, with the modems' validity and dedupe window."""
+        assert self.ussd is not None
+        c = self.cfg.modem_pool
+        return smpp_jobs.JobContext(
+            settings=self.ussd.settings, texts=self.ussd.texts,
+            validity=c.sms_validity_hours * 3600, dedupe_window=c.mo_dedupe_seconds,
+            concat_timeout=c.reassembly_timeout_seconds, reply_limiter=self.sms_reply_limiter)
+
+    def _modem_rows(self) -> dict[str, Any]:
+        """GET /modems: what `gatewayd modems` prints."""
+        if self.modems is None:
+            return {"modems": [], "queued": 0}
+        return {"modems": self.modems.pool.status(), "queued": self.modems.pool.queued}
+
+    def _cancelled(self, sms_id: int) -> None:
+        if self.modems is not None:
+            self.modems.cancelled(sms_id)
 
     async def _sweeper(self) -> None:
         """Idle dialogs and expired requests; and while the store is failing (disk full,

@@ -54,7 +54,9 @@ def setup(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        # One write per line (PrintLogger writes the newline apart): the stdlib handler
+        # below, fed from the modems' threads, must not land between a line and its end.
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
     # hypercorn and others log through the stdlib: keep them, in the same stream.

@@ -73,6 +73,8 @@ async def render(daemon: Any) -> str:
            [(f'{{version="{__version__}",site="{daemon.cfg.site.id}"}}', 1)])
     if daemon.smpp is not None:
         _smpp(daemon.smpp, metric)
+    if daemon.modems is not None:
+        _modems(daemon.modems, metric)
     if daemon.sync is not None:
         lag, st = await daemon.sync.lag(), daemon.sync.stats
         metric("gatewayd_sync_lag_records", "gauge", "Change-log records the upstream has "
@@ -130,3 +132,37 @@ def _smpp(channel: Any, metric: Any) -> None:
     metric("gatewayd_smpp_protocol_warnings_total", "counter",
            "PDUs from the SMSC we could not use (answered with generic_nack or ignored).",
            [("", st.protocol_warnings)])
+
+
+def _modems(channel: Any, metric: Any) -> None:
+    rows = channel.pool.status()
+
+    def per_modem(name: str, kind: str, help_: str, value: Any) -> None:
+        metric(name, kind, help_, [(f'{{modem="{r["name"]}"}}', value(r)) for r in rows])
+
+    per_modem("gatewayd_modem_up", "gauge", "1 when the modem is open and answering.",
+              lambda r: 1 if r["state"] == "ready" else 0)
+    # No sample for a modem whose signal is unknown (+CSQ 99, or not polled yet).
+    metric("gatewayd_modem_signal_dbm", "gauge", "Signal strength from AT+CSQ.",
+           [(f'{{modem="{r["name"]}"}}', r["signal_dbm"]) for r in rows
+            if r["signal_dbm"] is not None])
+    per_modem("gatewayd_modem_registered", "gauge", "1 when registered (home or roaming).",
+              lambda r: 1 if r["registration"] in ("home", "roaming") else 0)
+    per_modem("gatewayd_modem_queue_depth", "gauge", "SMS lined up for or being sent by it.",
+              lambda r: r["queue_depth"])
+    per_modem("gatewayd_modem_sent_total", "counter", "SMS the SMSC accepted from it.",
+              lambda r: r["sent"])
+    per_modem("gatewayd_modem_send_failures_total", "counter", "Sends that failed on it.",
+              lambda r: r["send_failures"])
+    per_modem("gatewayd_modem_received_total", "counter", "SMS received on it.",
+              lambda r: r["received"])
+    per_modem("gatewayd_modem_duplicates_total", "counter", "Repeated SMS it dropped.",
+              lambda r: r["duplicates"])
+    per_modem("gatewayd_modem_garbage_lines_total", "counter", "Lines it sent that were "
+              "no answer to anything.", lambda r: r["garbage_lines"])
+    per_modem("gatewayd_modem_reopens_total", "counter", "Times it was reopened after a "
+              "hang, garbage or EOF.", lambda r: max(0, r["sessions"] - 1))
+    per_modem("gatewayd_modem_parts_waiting", "gauge", "Parts of long SMS waiting for "
+              "the rest.", lambda r: r["parts_waiting"])
+    metric("gatewayd_modem_pool_queued", "gauge", "SMS waiting for any modem.",
+           [("", channel.pool.queued)])

@@ -104,6 +104,14 @@ def render_status(s: dict[str, Any]) -> str:
             f"{sm['retried']} retried · {sm['failed']} failed · {sm['receipts']} receipts"
             + (f" ({sm['receipts_unknown']} unknown)" if sm["receipts_unknown"] else "")
             + f" · {sm['mo_messages']} SMS in · {sm['ussd_hops']} USSD hops"))
+    mo = s.get("modems") or {}
+    if mo.get("enabled"):
+        up = sum(1 for m in mo["modems"] if m["state"] == "ready")
+        lines.insert(4 if sm.get("enabled", True) else 3, (
+            f"modems    {up}/{len(mo['modems'])} ready ({'send and receive' if mo['sends'] else 'receive only: SMPP sends'})"
+            f" · {mo['queued']} waiting for a modem · {mo['submitted']} sent · {mo['retrying']} retried"
+            f" · {mo['failed']} failed · {mo['receipt']} status reports · {mo['sms_in']} SMS in"
+            f" ({mo['duplicate']} repeats dropped) · gatewayd modems for each"))
     if s.get("pending_restart"):
         lines.append(f"restart   needed to apply: {', '.join(s['pending_restart'])}")
     return "\n".join(lines)
@@ -113,6 +121,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     s = admin(load_config(args.config), "GET", "/status")
     print(json.dumps(s, indent=2, sort_keys=True) if args.json else render_status(s))
     return 0 if s["status"] == "ok" else 1
+
+
+def cmd_modems(args: argparse.Namespace) -> int:
+    from modem import view
+    data = admin(load_config(args.config), "GET", "/modems")
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json
+          else view.table(data["modems"], data["queued"] if data["modems"] else None))
+    return 0
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
