@@ -34,8 +34,10 @@ def test_layout(installed):
     root = installed
     for path in ("opt/gatewayd/venv/bin/gatewayd", "opt/gatewayd/README.md", UNIT,
                  "usr/lib/sysusers.d/gatewayd.conf", "usr/lib/tmpfiles.d/gatewayd.conf",
-                 "etc/gatewayd/gatewayd.toml"):
+                 "etc/gatewayd/gatewayd.toml", "etc/udev/rules.d/99-gatewayd-modems.rules"):
         assert (root / path).exists(), path
+    assert (root / "etc/udev/rules.d/99-gatewayd-modems.rules").read_bytes() == \
+        (ROOT / "systemd/99-gatewayd-modems.rules").read_bytes()
     conf = (root / "etc/gatewayd/gatewayd.toml").read_text()
     assert 'state_dir = "/var/lib/gatewayd"' in conf
     r = sh(root / "opt/gatewayd/venv/bin/gatewayd", "check-config", root / "etc/gatewayd/gatewayd.toml")
@@ -96,6 +98,7 @@ def test_uninstall_keeps_money_records_unless_purged(tmp_path):
     r = sh(ROOT / "systemd" / "uninstall", "--root", root)
     assert r.returncode == 0, r.stderr
     assert not (root / "opt/gatewayd").exists() and not (root / UNIT).exists()
+    assert not (root / "etc/udev/rules.d/99-gatewayd-modems.rules").exists()
     assert (root / "etc/gatewayd/gatewayd.toml").exists()
     assert (root / "var/lib/gatewayd/gatewayd.db").exists()
     r = sh(ROOT / "systemd" / "uninstall", "--root", root, "--purge")
