@@ -105,6 +105,10 @@ class ModemChannel:
                               min_backoff=p.backoff_min_seconds,
                               max_backoff=p.backoff_max_seconds,
                               reassembly_timeout=p.reassembly_timeout_seconds)
+        # Outbox ids whose outcome is being committed: the pool has let go of them, but
+        # the store still says queued until the commit, and the feeder must not send
+        # them again in between.
+        self._settling: set[int] = set()
         self.counts: dict[str, int] = dict.fromkeys(
             ("sms_in", "duplicate", "submitted", "retrying", "failed", "expired", "receipt",
              "receipt_unknown", "undecodable"), 0)
@@ -139,7 +143,13 @@ class ModemChannel:
     async def _commit(self, event: Event) -> None:
         """The pool's callback: returns only after a durable commit; raising leaves an
         inbound SMS on the SIM (listed again later)."""
-        what = await self.store.write(commit_job, event, self.job_context(), time.time())
+        outbox_id = getattr(event, "outbox_id", None)
+        if outbox_id is not None:
+            self._settling.add(outbox_id)      # before any await: see __init__
+        try:
+            what = await self.store.write(commit_job, event, self.job_context(), time.time())
+        finally:
+            self._settling.discard(outbox_id)  # type: ignore[arg-type]
         self.counts[what] += 1
         fields: dict[str, Any] = {"outbox_id": getattr(event, "outbox_id", None)}
         if isinstance(event, SmsIn):
@@ -149,6 +159,9 @@ class ModemChannel:
     def cancelled(self, outbox_id: int) -> None:
         """An operator cancelled this row: take it out of the pool if it is not on air."""
         self.pool.cancel(outbox_id)
+
+    def _held(self) -> frozenset[int]:
+        return self.pool.held | self._settling
 
     async def _feeder(self) -> None:
         last_seen, last_scan = -1, -math.inf
@@ -162,7 +175,7 @@ class ModemChannel:
                 last_seen, last_scan = self.store.stats.transactions, now
                 try:
                     rows = await self.store.read(sms_store.sendable, time.time(),
-                                                 self.pool.held, room, self.validity)
+                                                 self._held(), room, self.validity)
                 except StoreClosed:
                     return
                 for row in rows:
@@ -174,7 +187,7 @@ class ModemChannel:
             await trio.sleep(SWEEP_SECONDS)
             try:
                 done = await self.store.write(jobs.sweep, self.job_context(), time.time(),
-                                              self.pool.held)
+                                              self._held())
             except StoreUnavailable as e:
                 log.error("modem_sweep_failed", error=str(e))
                 continue
