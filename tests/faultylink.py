@@ -346,6 +346,12 @@ class FaultyLink:
                 "faults": {k: v for k, v in sorted(self.stats.items()) if k in FAULTS},
                 "counters": {k: v for k, v in sorted(self.stats.items()) if k not in FAULTS},
                 "answered": sum(e.answered for e in ex),
+                # What the upstream answered, by route: {"POST /sync/ack": {"200": 3}}.
+                "statuses": {route: dict(Counter(str(st) for e in ex
+                                                 if f"{e.method} {e.target.split('?')[0]}" == route
+                                                 for st in e.statuses))
+                             for route in sorted({f"{e.method} {e.target.split('?')[0]}"
+                                                  for e in ex})},
                 # Pushes the upstream applied (answered 200) while the box heard no 200.
                 "applied_unheard": sum(1 for e in ex if e.method == "POST" and 200 in e.statuses
                                        and e.answered_status != 200)}
