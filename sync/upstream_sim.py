@@ -315,10 +315,16 @@ class UpstreamSim:
                 break
             return r.status_code, r.content
 
+        # Where the box's own checkpoint stands, as its answers to our acks say. When an
+        # ack's answer is lost, the box stays behind us: the next batch is fetched from
+        # the box's checkpoint (the same bytes again, applying nothing here) and acked,
+        # or every later ack would name a batch that leaves a hole for the box (409).
+        box_checkpoint: int | None = None
         while True:
             more = False
             try:
-                after = self.store.site(site)["checkpoint"]
+                ours = self.store.site(site)["checkpoint"]
+                after = ours if box_checkpoint is None else min(ours, box_checkpoint)
                 st, body = await call("GET", f"/sync/batches?after={after}")
                 if st not in (200, 204):    # 409: the box was restored from a backup
                     raise ValueError(f"GET batches after {after}: {st} {body[:200]!r}")
@@ -326,8 +332,10 @@ class UpstreamSim:
                     b = decode_batch(body, site)
                     if self.store.apply_batch(site, b, site not in self.direct):
                         self.executor.wake()
-                    # A lost ack is harmless: the next GET returns the same batch (9).
-                    await call("POST", "/sync/ack", Ack(site, b.last_seq, b.sha256).to_json())
+                    st, body = await call("POST", "/sync/ack",
+                                          Ack(site, b.last_seq, b.sha256).to_json())
+                    if st in (200, 409):    # either way the box names its checkpoint
+                        box_checkpoint = json.loads(body)["checkpoint"]
                     more = True
                 cursor = self.store.site(site)["box_cursor"]
                 if changes := self.store.inbound_after(site, cursor):
