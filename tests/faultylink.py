@@ -23,6 +23,7 @@ back, keeping the box's connection alive. The faults, and what each does to a bo
 | `delay` | the request, late | the answer, late (both under `max_delay`) |
 | `duplicate` | the same bytes twice, one after the other | one of the two answers (`dup_second`: how often the second, the replay's 401) |
 | `late` | nothing now: after the *next* request (any connection) was answered, the old bytes on a new connection; that answer is thrown away | no answer (the connection closes) |
+| `recycle` | the request | the whole answer with `Connection: close`, then a polite close (no failure: the next request needs a new connection, which `refuse` can then refuse) |
 | `hold_response` | the whole request, answered | nothing until `release()`, then a close (or the answer, late): for killing the box in the window (scripted only) |
 
 `late` is the reordering that means something for HTTP/1.1: requests on one connection
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 FAULTS = ("refuse", "drop_request", "cut_request", "cut_response", "corrupt_response",
-          "delay", "duplicate", "late", "hold_response")
+          "delay", "duplicate", "late", "hold_response", "recycle")
 # Faults after which the box has no good answer: it will retry after a back-off.
 HARD = frozenset({"refuse", "drop_request", "cut_request", "cut_response", "corrupt_response",
                   "late", "hold_response"})
@@ -465,9 +466,9 @@ class FaultyLink:
                 ex = Exchange(method, target, fault, len(req.raw), conn.id, time.time())
                 with self._cond:
                     conn.exchanges.append(ex)
-                if not self._exchange(client, req, ex, fault, arg, frac):
-                    if fault is not None:
-                        abrupt = True
+                then = self._exchange(client, req, ex, fault, arg, frac)
+                if then != "keep":
+                    abrupt = then == "reset"
                     return
                 self._flush_late()
                 if req.close:
@@ -494,20 +495,20 @@ class FaultyLink:
 
     def _exchange(self, client: socket.socket, req: _Message, ex: Exchange,
                   fault: str | None, arg: float | None, frac: float) -> bool:
-        """One request; False when the box's connection is to be closed."""
+        """One request; then "keep" the box's connection, "close" it or "reset" it."""
         method = ex.method
         if fault == "drop_request":
-            return False
+            return "reset"
         if fault == "cut_request":
             raw = req.raw
             n = int(arg) if arg is not None else 1 + int(frac * (len(raw) - 1))
             ex.note = f"{min(n, len(raw))} of {len(raw)} bytes"
             self._send_partial(raw[:n])
-            return False
+            return "reset"
         if fault == "late":
             with self._cond:
                 self._late.append((ex, req.raw, method))
-            return False
+            return "reset"
         if fault == "delay":
             d = arg if arg is not None else frac * (self.plan.max_delay if self.plan else 1.0)
             ex.note = f"{d:.2f} s"
@@ -527,7 +528,7 @@ class FaultyLink:
             m = int(arg) if arg is not None else int(frac * len(raw))
             ex.note = f"{m} of {len(raw)} answer bytes"
             client.sendall(raw[:m])
-            return False
+            return "reset"
         if fault == "hold_response":
             with self._cond:
                 self.held.append(ex)
@@ -539,7 +540,7 @@ class FaultyLink:
                 self._cond.notify_all()
             if not deliver or self._stopping:
                 ex.note = "held, then the box's connection closed"
-                return False
+                return "reset"
             ex.note = "held, then delivered"
         if fault == "corrupt_response":
             body = bytearray(resp.body)
@@ -548,12 +549,14 @@ class FaultyLink:
                 body[i] ^= 0x20 if chr(body[i]).isalpha() else 0x01
                 ex.note = f"flipped answer body byte {i}"
             client.sendall(resp.head + bytes(body))
-            return not resp.close
+            return "close" if resp.close else "keep"
+        if fault == "recycle" and not resp.close:
+            resp.head = resp.head[:-2] + b"Connection: close\r\n\r\n"
         client.sendall(resp.raw)
         with self._cond:
             ex.answered, ex.answered_status = True, int(resp.first.split()[1])
             self._cond.notify_all()
-        return not resp.close
+        return "close" if resp.close or fault == "recycle" else "keep"
 
     def _wait(self, seconds: float) -> None:
         with self._cond:

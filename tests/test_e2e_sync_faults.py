@@ -102,6 +102,13 @@ def test_the_faulty_link_does_to_each_request_what_it_says(counting):
         link.script("refuse")
         with pytest.raises(httpx.HTTPError):
             post(b"i")
+        with httpx.Client(timeout=10) as c:         # recycle: answered, then a new connection
+            assert c.post(link.url + "/x", content=b"r0").json()["body"] == "r0"
+            link.script("recycle")
+            assert c.post(link.url + "/x", content=b"r1").json()["body"] == "r1"
+            assert c.post(link.url + "/x", content=b"r2").json()["body"] == "r2"
+            r0, r1, r2 = link.exchanges()[-3:]
+            assert r0.conn == r1.conn != r2.conn
         link.script("delay", arg=0.3)
         t = time.monotonic()
         assert post(b"j").json()["body"] == "j" and time.monotonic() - t >= 0.3
@@ -125,7 +132,7 @@ def test_the_faulty_link_does_to_each_request_what_it_says(counting):
         assert seen.count(b"c" * 100) == 0          # a cut request never arrived whole
         assert link.stats >= Counter({"cut_response": 1, "cut_request": 1, "duplicate": 2,
                                       "late": 1, "corrupt_response": 1, "refuse": 1,
-                                      "delay": 1, "hold_response": 2})
+                                      "delay": 1, "hold_response": 2, "recycle": 1})
         assert link.summary()["applied_unheard"] >= 3   # cut, late, held
     finally:
         link.stop()
@@ -159,7 +166,8 @@ def test_a_village_day_over_a_breaking_link_loses_and_duplicates_nothing(tmp_pat
     # The link did break, in every way, pushes the upstream applied unheard among them,
     # and the box saw it (failed calls it had to retry).
     faults = r["link"]["faults"]
-    for kind in ("cut_response", "cut_request", "duplicate", "late", "corrupt_response"):
+    for kind in ("cut_response", "cut_request", "duplicate", "late", "corrupt_response",
+                 "refuse"):
         assert faults.get(kind, 0) >= 1, (kind, summary)
     assert r["link"]["applied_unheard"] >= 3, summary
     assert r["box_sync"]["failures"] >= 5, summary
@@ -276,3 +284,4 @@ def test_pull_over_a_breaking_link_loses_and_duplicates_nothing(tmp_path):
         f"upstream holds up to {up['checkpoint']}; the box answered the upstream's acks: "
         f"{r['link']['statuses'].get('POST /sync/ack')}")
     assert r["problems"] == [], r["problems"]
+
