@@ -285,3 +285,26 @@ def test_pull_over_a_breaking_link_loses_and_duplicates_nothing(tmp_path):
         f"{r['link']['statuses'].get('POST /sync/ack')}")
     assert r["problems"] == [], r["problems"]
 
+
+@pytest.mark.e2e
+def test_pull_a_lost_first_ack_heals_while_the_box_is_idle(tmp_path):
+    """The upstream has just started (it knows nothing of the box's checkpoint), applies
+    the box's first batch, and the ack is lost; then no villager does anything. The
+    upstream must fetch from the box's checkpoint again and ack (section 9), not wait
+    for a new record to earn a 409 that names it: the box's lag must go back to 0."""
+    stack = soak.Stack(tmp_path, mode="pull")
+    try:
+        stack.link.script("drop_request", match="POST /sync/ack")
+        assert "Welcome, Amina!" in Phone(stack.daemon, "0712345678").run(
+            "1", "Amina", "1357", "1357")
+        stack.link.wait_for(lambda lk: lk.stats["drop_request"] == 1, "the first ack lost")
+        soak.until(lambda: stack.upstream_state()["checkpoint"] == stack.sync_status()["last_seq"],
+                   "the upstream applied the batch", 10)
+        try:
+            soak.until(lambda: stack.sync_status()["records"] == 0, "the box in step", 10)
+        except AssertionError:
+            s = stack.sync_status()
+            pytest.fail(f"box checkpoint stuck at {s['checkpoint']} of {s['last_seq']} while "
+                        f"idle; the upstream asked {sorted({e.target for e in stack.link.exchanges()[-20:]})}")
+    finally:
+        stack.stop()
