@@ -320,9 +320,23 @@ class UpstreamSim:
         # the box's checkpoint (the same bytes again, applying nothing here) and acked,
         # or every later ack would name a batch that leaves a hole for the box (409).
         box_checkpoint: int | None = None
+        # An ack whose answer never came: sent again first, even when the box has nothing
+        # new, so an idle box's checkpoint still catches up.
+        pending_ack: Ack | None = None
+
+        async def ack(a: Ack) -> None:
+            nonlocal box_checkpoint, pending_ack
+            pending_ack = a
+            st, body = await call("POST", "/sync/ack", a.to_json())
+            if st in (200, 409):    # either way the box names its checkpoint
+                box_checkpoint = json.loads(body)["checkpoint"]
+                pending_ack = None
+
         while True:
             more = False
             try:
+                if pending_ack is not None:
+                    await ack(pending_ack)
                 ours = self.store.site(site)["checkpoint"]
                 after = ours if box_checkpoint is None else min(ours, box_checkpoint)
                 st, body = await call("GET", f"/sync/batches?after={after}")
@@ -332,10 +346,7 @@ class UpstreamSim:
                     b = decode_batch(body, site)
                     if self.store.apply_batch(site, b, site not in self.direct):
                         self.executor.wake()
-                    st, body = await call("POST", "/sync/ack",
-                                          Ack(site, b.last_seq, b.sha256).to_json())
-                    if st in (200, 409):    # either way the box names its checkpoint
-                        box_checkpoint = json.loads(body)["checkpoint"]
+                    await ack(Ack(site, b.last_seq, b.sha256))
                     more = True
                 cursor = self.store.site(site)["box_cursor"]
                 if changes := self.store.inbound_after(site, cursor):
