@@ -301,23 +301,24 @@ class Daemon:
         log.info("reloaded", applied=["texts"] + applied, needs_restart=self.pending_restart)
         return {"applied": ["texts"] + applied, "needs_restart": self.pending_restart}
 
-    def _sms_job_context(self) -> smpp_jobs.JobContext:
+    def _job_context(self, validity_hours: float, dedupe_seconds: float,
+                     concat_timeout: float) -> smpp_jobs.JobContext:
         """Read at every batch, so a reload applies to the next one."""
         assert self.ussd is not None
-        c = self.cfg.smpp
         return smpp_jobs.JobContext(
             settings=self.ussd.settings, texts=self.ussd.texts,
-            validity=c.sms_validity_hours * 3600, dedupe_window=c.mo_dedupe_seconds,
-            concat_timeout=c.mo_concat_timeout_seconds, reply_limiter=self.sms_reply_limiter)
+            validity=validity_hours * 3600, dedupe_window=dedupe_seconds,
+            concat_timeout=concat_timeout, reply_limiter=self.sms_reply_limiter)
+
+    def _sms_job_context(self) -> smpp_jobs.JobContext:
+        c = self.cfg.smpp
+        return self._job_context(c.sms_validity_hours, c.mo_dedupe_seconds,
+                                 c.mo_concat_timeout_seconds)
 
     def _modem_job_context(self) -> smpp_jobs.JobContext:
-        """As _sms_job_context, with the modems' validity and dedupe window."""
-        assert self.ussd is not None
         c = self.cfg.modem_pool
-        return smpp_jobs.JobContext(
-            settings=self.ussd.settings, texts=self.ussd.texts,
-            validity=c.sms_validity_hours * 3600, dedupe_window=c.mo_dedupe_seconds,
-            concat_timeout=c.reassembly_timeout_seconds, reply_limiter=self.sms_reply_limiter)
+        return self._job_context(c.sms_validity_hours, c.mo_dedupe_seconds,
+                                 c.reassembly_timeout_seconds)
 
     def _modem_rows(self) -> dict[str, Any]:
         """GET /modems: what `gatewayd modems` prints."""
