@@ -35,7 +35,7 @@ def part_key(d: P.Deliver) -> str:
     c = d.concat
     h = hashlib.sha256()
     for item in (d.sender, d.scts_raw.hex(),
-                 f"{c.bits}:{c.reference}:{c.total}:{c.seq}" if c else "-",
+                 f"{c.kind}:{c.reference}:{c.total}:{c.seq}" if c else "-",
                  hashlib.sha256(bytes((d.alphabet,)) + d.user_data).hexdigest()):
         h.update(item.encode() + b"\0")
     return h.hexdigest()[:32]
@@ -95,7 +95,7 @@ class Inbox:
         if c is None:
             locs = (location,) if location is not None else ()
             return [self._ready([(key, d)], locs, d.concat, missing=())]
-        gkey = (d.sender, c.bits, c.reference, c.total)
+        gkey = (d.sender, c.kind, c.reference, c.total)
         out: list[Ready | Drop] = []
         g = self._groups.get(gkey)
         if g is not None and c.seq in g.parts and g.parts[c.seq][0] != key:

@@ -24,15 +24,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from modem import text as T
+from menus import gsm0340
+from menus.gsm0340 import Concat, parse_concat
 
 MTI_DELIVER, MTI_SUBMIT, MTI_STATUS_REPORT = 0, 1, 2
 FO_UDHI = 0x40     # user data starts with a header
 FO_SRR = 0x20      # SMS-SUBMIT: status report requested
 FO_VPF_RELATIVE = 0x10
 
-IEI_CONCAT_8 = 0x00
-IEI_CONCAT_16 = 0x08
 
 TOA_INTERNATIONAL = 0x91
 TOA_UNKNOWN = 0x81
@@ -43,14 +42,6 @@ _BCD = "0123456789*#abc"   # 23.040 §9.1.2.3: 0xA-0xE; 0xF pads an odd digit co
 
 class PduError(ValueError):
     """A PDU that cannot be decoded (truncated, wrong lengths, unknown type)."""
-
-
-@dataclass(frozen=True)
-class Concat:
-    reference: int
-    total: int
-    seq: int
-    bits: int          # 8 or 16: the same number in the two schemes is two messages
 
 
 @dataclass(frozen=True)
@@ -74,7 +65,7 @@ class Deliver:
 
     @property
     def text(self) -> str:
-        return T.decode_user_text(self.alphabet, self.user_data)
+        return gsm0340.decode_user_text(self.alphabet, self.user_data)
 
 
 @dataclass(frozen=True)
@@ -100,7 +91,7 @@ class Submit:
 
     @property
     def text(self) -> str:
-        return T.decode_user_text(self.alphabet, self.user_data)
+        return gsm0340.decode_user_text(self.alphabet, self.user_data)
 
 
 # -- septets --------------------------------------------------------------------------
@@ -167,7 +158,7 @@ def _decode_address(buf: bytes, pos: int) -> tuple[str, int]:
     if toa & 0x70 == TON_ALPHANUMERIC:
         # An alphanumeric sender (a bank, "MPESA"): septets; the length counts nibbles.
         septets = unpack_septets(raw, n_digits * 4 // 7)
-        value = T.decode_user_text(T.DCS_GSM7, septets)
+        value = gsm0340.decode_user_text(gsm0340.DCS_GSM7, septets)
     else:
         value = _unbcd(raw, n_digits)
         if toa & 0x70 == 0x10:
@@ -233,7 +224,7 @@ def encode_submit(destination: str, text: str, *, reference: int = 0,
     TP-MR is 0: the modem sets its own and answers it in +CMGS, and that number is
     what status reports carry. `reference` numbers a concatenated message (its low
     8 bits go in the UDH): give each message its own, e.g. its outbox id."""
-    parts = T.split(text)
+    parts = gsm0340.split(text)
     total = len(parts)
     da = encode_address(destination)
     sca = encode_smsc(smsc)
@@ -247,8 +238,8 @@ def encode_submit(destination: str, text: str, *, reference: int = 0,
         udh = b""
         if total > 1:
             fo |= FO_UDHI
-            udh = bytes((5, IEI_CONCAT_8, 3, reference & 0xFF, total, seq))
-        if part.dcs == T.DCS_GSM7:
+            udh = gsm0340.concat_udh(reference, total, seq)
+        if part.dcs == gsm0340.DCS_GSM7:
             # The UDH takes whole octets; fill bits bring the text to a septet boundary,
             # and UDL counts septets of header, fill and text together.
             udh_bits = len(udh) * 8
@@ -275,40 +266,20 @@ def alphabet_of(dcs: int) -> int:
     group = dcs >> 4
     if group <= 0x7:                    # general and automatic-deletion groups
         if dcs & 0x20:                  # compressed: nothing here can read it
-            return T.DCS_8BIT
-        return (T.DCS_GSM7, T.DCS_8BIT, T.DCS_UCS2, T.DCS_GSM7)[(dcs >> 2) & 3]
+            return gsm0340.DCS_8BIT
+        return (gsm0340.DCS_GSM7, gsm0340.DCS_8BIT, gsm0340.DCS_UCS2, gsm0340.DCS_GSM7)[(dcs >> 2) & 3]
     if group == 0xE:                    # message waiting, store, UCS-2
-        return T.DCS_UCS2
+        return gsm0340.DCS_UCS2
     if group == 0xF:                    # data coding / message class
-        return T.DCS_8BIT if dcs & 0x04 else T.DCS_GSM7
-    return T.DCS_GSM7                   # 0xC, 0xD (MWI, GSM-7) and reserved groups
-
-
-def parse_udh(udh: bytes) -> Concat | None:
-    pos, concat = 0, None
-    while pos + 2 <= len(udh):
-        iei, n = udh[pos], udh[pos + 1]
-        value = udh[pos + 2:pos + 2 + n]
-        if len(value) < n:
-            break
-        if iei == IEI_CONCAT_8 and n == 3:
-            concat = Concat(value[0], value[1], value[2], 8)
-        elif iei == IEI_CONCAT_16 and n == 4:
-            concat = Concat(int.from_bytes(value[:2], "big"), value[2], value[3], 16)
-        pos += 2 + n
-    # 23.040 §9.2.3.24.1: a count of 0 or a number outside 1..count -> ignore the element.
-    if concat is not None and not 1 <= concat.seq <= concat.total:
-        return None
-    if concat is not None and concat.total == 1:
-        return None
-    return concat
+        return gsm0340.DCS_8BIT if dcs & 0x04 else gsm0340.DCS_GSM7
+    return gsm0340.DCS_GSM7                   # 0xC, 0xD (MWI, GSM-7) and reserved groups
 
 
 def _user_data(buf: bytes, pos: int, fo: int, alphabet: int) -> tuple[Concat | None, bytes]:
     udl = _take(buf, pos, 1)[0]
     rest = buf[pos + 1:]
     udh = b""
-    if alphabet == T.DCS_GSM7:
+    if alphabet == gsm0340.DCS_GSM7:
         ud = _take(rest, 0, (7 * udl + 7) // 8)
         skip = 0
         if fo & FO_UDHI:
@@ -324,7 +295,7 @@ def _user_data(buf: bytes, pos: int, fo: int, alphabet: int) -> tuple[Concat | N
             if not ud or ud[0] + 1 > len(ud):
                 raise PduError("user data header longer than the user data")
             udh, data = ud[1:1 + ud[0]], ud[1 + ud[0]:]
-    return parse_udh(udh), data
+    return parse_concat(udh), data
 
 
 def decode(pdu_hex: str, tpdu_length: int | None = None) -> Deliver | StatusReport | Submit:

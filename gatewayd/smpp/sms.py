@@ -5,15 +5,8 @@ else as UCS-2 (UTF-16BE). GSM-7 goes with data_coding 0 as *unpacked* septets, o
 octet: that is what SMSCs expect over SMPP for their default alphabet; they pack for
 the air interface themselves.
 
-Length limits are those of one SMS on the air (140 octets of user data):
-
-- GSM-7: 160 septets alone, 153 per part when a 6-octet concatenation UDH takes
-  7 septets (48 bits plus one fill bit);
-- UCS-2: 70 UTF-16 code units alone, 67 per part.
-
-Parts are cut between characters, never inside one: an ESC + extension character pair
-(€, {, [ ...) and a UTF-16 surrogate pair (emoji) always stay in one part, because a
-phone that receives half of either shows garbage.
+Where a long text is cut, and the concatenation element that numbers its parts, are
+menus/gsm0340.py's, shared with the modem channel.
 """
 
 from __future__ import annotations
@@ -21,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from menus import gsm0338
+from menus import gsm0340
+from menus.gsm0340 import Concat, concat_udh
+
+__all__ = ["Concat", "concat_udh"]   # part of this module's interface, kept in one place
 
 DATA_CODING_DEFAULT = 0x00   # SMSC default alphabet: GSM 03.38 here
 DATA_CODING_IA5 = 0x01
@@ -29,12 +25,6 @@ DATA_CODING_LATIN1 = 0x03
 DATA_CODING_UCS2 = 0x08
 
 ESM_CLASS_UDHI = 0x40
-IEI_CONCAT_8BIT = 0x00
-IEI_CONCAT_16BIT = 0x08
-
-GSM7_SINGLE, GSM7_PART = 160, 153
-UCS2_SINGLE, UCS2_PART = 70, 67
-MAX_PARTS = 255   # the UDH's part count is one octet
 
 REGISTERED_DELIVERY_RECEIPT = 0x01   # receipt on final outcome, success or failure
 
@@ -48,48 +38,13 @@ class LongMode:
 @dataclass(frozen=True)
 class Encoded:
     data_coding: int
-    units: tuple[bytes, ...]   # one entry per character: never cut inside one
-
-    @property
-    def octets(self) -> bytes:
-        return b"".join(self.units)
-
-    @property
-    def length(self) -> int:
-        """Septets (GSM-7) or UTF-16 code units (UCS-2)."""
-        n = len(self.octets)
-        return n if self.data_coding == DATA_CODING_DEFAULT else n // 2
+    octets: bytes
 
 
 def encode_text(text: str) -> Encoded:
-    if gsm0338.is_gsm7(text):
-        return Encoded(DATA_CODING_DEFAULT,
-                       tuple(bytes(gsm0338.encode_septets(ch)) for ch in text))
-    return Encoded(DATA_CODING_UCS2, tuple(ch.encode("utf-16-be") for ch in text))
-
-
-def split(encoded: Encoded) -> list[bytes]:
-    """The user data of each part (without UDH): one part if it fits alone."""
-    gsm = encoded.data_coding == DATA_CODING_DEFAULT
-    single, per_part = (GSM7_SINGLE, GSM7_PART) if gsm else (UCS2_SINGLE, UCS2_PART)
-    width = 1 if gsm else 2
-    if encoded.length <= single:
-        return [encoded.octets]
-    parts: list[bytes] = []
-    current = bytearray()
-    for unit in encoded.units:
-        if (len(current) + len(unit)) // width > per_part:
-            parts.append(bytes(current))
-            current = bytearray()
-        current += unit
-    if current:
-        parts.append(bytes(current))
-    return parts
-
-
-def concat_udh(reference: int, total: int, seq: int) -> bytes:
-    """UDH with one 8-bit-reference concatenation element (23.040 §9.2.3.24.1)."""
-    return bytes((0x05, IEI_CONCAT_8BIT, 0x03, reference & 0xFF, total, seq))
+    """A whole text as one short_message (a USSD screen, never split)."""
+    dcs, chars = gsm0340.units(text)
+    return Encoded(dcs, b"".join(enc for _, enc in chars))
 
 
 def submit_sm_fields(text: str, *, source_addr: str, destination_addr: str,
@@ -105,7 +60,7 @@ def submit_sm_fields(text: str, *, source_addr: str, destination_addr: str,
     that would need more than 255 parts."""
     if long_mode not in LongMode.ALL:
         raise ValueError(f"long_mode must be one of {LongMode.ALL}, not {long_mode!r}")
-    encoded = encode_text(text)
+    parts = gsm0340.split(text)   # ValueError past 255 parts
     base = {
         "service_type": service_type,
         "source_addr_ton": source_addr_ton, "source_addr_npi": source_addr_npi,
@@ -113,20 +68,17 @@ def submit_sm_fields(text: str, *, source_addr: str, destination_addr: str,
         "dest_addr_ton": dest_addr_ton, "dest_addr_npi": dest_addr_npi,
         "destination_addr": destination_addr,
         "registered_delivery": registered_delivery,
-        "data_coding": encoded.data_coding,
+        "data_coding": parts[0].dcs,   # GSM-7 / UCS-2: the same numbers as data_coding
         "esm_class": 0,
     }
-    chunks = split(encoded)
-    if len(chunks) == 1:
-        return [{**base, "short_message": chunks[0]}]
+    if len(parts) == 1:
+        return [{**base, "short_message": parts[0].data}]
     if long_mode == LongMode.PAYLOAD:
-        return [{**base, "message_payload": encoded.octets}]
-    if len(chunks) > MAX_PARTS:
-        raise ValueError(f"text needs {len(chunks)} parts; at most {MAX_PARTS}")
-    total = len(chunks)
+        return [{**base, "message_payload": b"".join(p.data for p in parts)}]
+    total = len(parts)
     return [{**base, "esm_class": ESM_CLASS_UDHI,
-             "short_message": concat_udh(reference, total, i) + chunk}
-            for i, chunk in enumerate(chunks, start=1)]
+             "short_message": concat_udh(reference, total, i) + part.data}
+            for i, part in enumerate(parts, start=1)]
 
 
 # -- inbound ---------------------------------------------------------------------------
@@ -147,49 +99,21 @@ def decode_short_message(data: bytes, data_coding: int) -> str:
         alphabet = "ucs2"
     else:
         alphabet = "gsm"
-    if alphabet == "ucs2":
-        return data.decode("utf-16-be", errors="replace")
-    if alphabet == "gsm":
-        # Unpacked septets; a stray high bit is an SMSC sending Latin-1 by mistake.
-        return gsm0338.decode_septets(bytes(b & 0x7F for b in data))
-    if alphabet == "octets":
-        return data.decode("latin-1")   # 8-bit data is no text: keep every octet
+    shared = {"gsm": gsm0340.DCS_GSM7, "octets": gsm0340.DCS_8BIT, "ucs2": gsm0340.DCS_UCS2}
+    if alphabet in shared:
+        # Unpacked septets over SMPP: a stray high bit is an SMSC sending Latin-1 by
+        # mistake, which the shared decoder masks; UCS-2 joins surrogate pairs.
+        return gsm0340.decode_user_text(shared[alphabet], data)
     return data.decode(alphabet, errors="replace")
-
-
-@dataclass(frozen=True)
-class Concat:
-    """Where one part sits in a concatenated message. `kind` keeps 8-bit, 16-bit and
-    sar_* references apart: the same number in two schemes is two messages."""
-    kind: str          # "udh8" | "udh16" | "sar"
-    reference: int
-    total: int
-    seq: int
 
 
 def split_udh(payload: bytes) -> tuple[Concat | None, bytes]:
     """short_message with UDHI set -> (concatenation element if any, user data).
     A UDH longer than the payload is treated as no UDH: the text is kept, not lost."""
-    if not payload:
+    if not payload or 1 + payload[0] > len(payload):
         return None, payload
     udhl = payload[0]
-    if 1 + udhl > len(payload):
-        return None, payload
-    udh, body = payload[1:1 + udhl], payload[1 + udhl:]
-    pos, concat = 0, None
-    while pos + 2 <= len(udh):
-        iei, length = udh[pos], udh[pos + 1]
-        value = udh[pos + 2:pos + 2 + length]
-        if len(value) < length:
-            break
-        if iei == IEI_CONCAT_8BIT and length == 3:
-            concat = Concat("udh8", value[0], value[1], value[2])
-        elif iei == IEI_CONCAT_16BIT and length == 4:
-            concat = Concat("udh16", int.from_bytes(value[:2], "big"), value[2], value[3])
-        pos += 2 + length
-    if concat is not None and not 1 <= concat.seq <= concat.total:
-        concat = None
-    return concat, body
+    return gsm0340.parse_concat(payload[1:1 + udhl]), payload[1 + udhl:]
 
 
 def relative_validity(seconds: float) -> str:

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from menus import gsm0338
+from menus import gsm0340 as T
 from modem import pdu as P
-from modem import text as T
 
 # Vectors from python-gsmmodem-new's test/test_pdu.py (captured from real modems and
 # from the 3GPP 23.040 / dreamfabric examples), checked field by field here.
@@ -45,7 +45,7 @@ def test_deliver_vectors(hex_, sender, text, when):
 
 def test_concatenated_ucs2_deliver_from_an_alphanumeric_sender():
     d = P.decode(DELIVER_VECTORS[3][0])
-    assert d.concat == P.Concat(reference=0x56, total=2, seq=1, bits=8)
+    assert d.concat == P.Concat("udh8", reference=0x56, total=2, seq=1)
     assert d.alphabet == T.DCS_UCS2
 
 
@@ -79,7 +79,7 @@ def test_long_gsm7_is_three_parts_with_one_reference():
     text = "Ksh 500 received. " * 20          # 360 characters
     pdus = P.encode_submit("+254712345678", text, reference=300)
     decoded = [P.decode(p.hex) for p in pdus]
-    assert [d.concat for d in decoded] == [P.Concat(300 & 0xFF, 3, i, 8) for i in (1, 2, 3)]
+    assert [d.concat for d in decoded] == [P.Concat("udh8", 300 & 0xFF, 3, i) for i in (1, 2, 3)]
     assert "".join(d.text for d in decoded) == text
     assert all(bytes.fromhex(p.hex)[1] & P.FO_UDHI for p in pdus)
 
@@ -177,10 +177,20 @@ def test_split_round_trip_limits_and_pairs(text):
 
 
 @given(ANY_TEXT)
-def test_split_matches_the_smpp_channel(text):
+def test_both_channels_cut_a_long_text_alike(text):
+    """One splitter (menus/gsm0340.py): the SMPP parts carry the same user data as the
+    modem's, and each SMPP part's UDH parses to the same concatenation element."""
     from gatewayd.smpp import sms as smpp
-    ours = [p.data for p in T.split(text)]
-    assert ours == smpp.split(smpp.encode_text(text))
+    parts = T.split(text)
+    fields = smpp.submit_sm_fields(text, source_addr="383", destination_addr="254712345678",
+                                   reference=7)
+    if len(parts) == 1:
+        assert [f["short_message"] for f in fields] == [parts[0].data]
+        return
+    got = [smpp.split_udh(f["short_message"]) for f in fields]
+    assert [body for _, body in got] == [p.data for p in parts]
+    assert [c for c, _ in got] == [T.Concat("udh8", 7, len(parts), i)
+                                   for i in range(1, len(parts) + 1)]
 
 
 @given(st.lists(st.integers(0, 127), min_size=1, max_size=200), st.integers(0, 12))

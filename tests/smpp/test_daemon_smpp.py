@@ -8,11 +8,18 @@ import signal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatewayd.smpp import sms
+from menus import gsm0340
 from menus.texts import load_all
 from tests.daemon_proc import Phone
-from tests.smpp.e2e import (collect, daemon, health, rows, seed_outbox, status,
-                            wait_logged)
+from tests.smpp.e2e import (
+    collect,
+    daemon,
+    health,
+    rows,
+    seed_outbox,
+    status,
+    wait_logged,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -173,7 +180,7 @@ def test_smsc_killed_mid_load_and_restarted_no_sms_lost_or_sent_twice(tmp_path, 
     # Every 7th message takes four UCS-2 parts: parts of one SMS may straddle the crash.
     bodies = [f"Message {i}: " + ("Habari 😀 " * 20 if i % 7 == 0 else "loan approved")
               for i in range(240)]
-    total_parts = sum(len(sms.split(sms.encode_text(b))) for b in bodies)
+    total_parts = sum(len(gsm0340.split(b)) for b in bodies)
     assert total_parts == 240 + 35 * 3
     first = smsc_factory("--receipts", "none", "--crash-after", "90")
     d = daemon(tmp_path, first.port, window=10)

@@ -125,3 +125,13 @@ def test_relative_validity():
     assert sms.relative_validity(3600) == "000000010000000R"
     assert sms.relative_validity(2 * 86400 + 61) == "000002000101000R"
     assert sms.relative_validity(5) == "000000000100000R"    # at least a minute
+
+
+def test_a_one_part_concatenation_is_a_message_of_its_own():
+    # 23.040: a count of 1 numbers nothing; waiting for "other parts" would lose the text.
+    assert sms.split_udh(bytes.fromhex("0500030a0101") + b"hi") == (None, b"hi")
+
+
+def test_ucs2_with_an_odd_octet_and_a_surrogate_pair():
+    # The shared decoder joins a pair into one character and drops a dangling octet.
+    assert sms.decode_short_message("😀".encode("utf-16-be") + b"\x00", 0x08) == "😀"

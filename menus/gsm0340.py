@@ -1,4 +1,7 @@
-"""Which alphabet an SMS goes in, and where a long one is cut into parts. Sans-I/O.
+"""SMS user data (GSM 03.40), shared by the SMPP and modem channels: which alphabet a
+text goes in, where a long one is cut into parts, and the concatenation element that
+numbers the parts. Sans-I/O. One copy, so that a message splits and reassembles the same
+way whichever channel carries it.
 
 A text goes as GSM-7 when every character is in GSM 03.38 (menus/gsm0338.py, the
 table with '§' at 0x5F and the form feed in the extension table), else as UCS-2
@@ -12,8 +15,8 @@ One SMS carries 140 octets of user data:
 
 Parts are cut between characters, never inside one: an ESC + extension pair (€, [, {
 ...) or a surrogate pair split across two parts shows as garbage on the phone. These
-are the same limits and the same rule as the SMPP channel's splitter; a test keeps the
-two in step.
+are the limits of one SMS on the air, so they hold for SMPP too, where GSM-7 travels
+unpacked (one septet per octet) and the SMSC packs it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ GSM7_SINGLE, GSM7_PART = 160, 153
 UCS2_SINGLE, UCS2_PART = 70, 67
 # The concatenation element counts parts in one octet.
 MAX_PARTS = 255
+IEI_CONCAT_8BIT = 0x00
+IEI_CONCAT_16BIT = 0x08
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,42 @@ def decode_user_text(dcs_alphabet: int, data: bytes) -> str:
     if dcs_alphabet == DCS_8BIT:
         return data.decode("latin-1")   # 8-bit data is no text: keep every octet
     return gsm0338.decode_septets(bytes(b & 0x7F for b in data))
+
+
+# -- the concatenation element (23.040 §9.2.3.24.1 and .8) ----------------------------
+
+@dataclass(frozen=True)
+class Concat:
+    """Where one part sits in a concatenated message. `kind` keeps 8-bit, 16-bit and
+    SMPP sar_* references apart: the same number in two schemes is two messages."""
+    kind: str          # "udh8" | "udh16" | "sar"
+    reference: int
+    total: int
+    seq: int
+
+
+def concat_udh(reference: int, total: int, seq: int) -> bytes:
+    """A whole UDH (with its length octet) holding one 8-bit-reference element: the
+    6 octets the part limits above allow for. The low 8 bits of `reference` are sent."""
+    return bytes((0x05, IEI_CONCAT_8BIT, 0x03, reference & 0xFF, total, seq))
+
+
+def parse_concat(udh: bytes) -> Concat | None:
+    """The concatenation element of a UDH (without its length octet), if any. Other
+    elements (ports, national language shifts) are skipped; a truncated one ends the walk.
+    A count of 0, a number outside 1..count, or a one-part "concatenation" is no
+    concatenation: the part is then a message of its own, its text kept."""
+    pos, concat = 0, None
+    while pos + 2 <= len(udh):
+        iei, n = udh[pos], udh[pos + 1]
+        value = udh[pos + 2:pos + 2 + n]
+        if len(value) < n:
+            break
+        if iei == IEI_CONCAT_8BIT and n == 3:
+            concat = Concat("udh8", value[0], value[1], value[2])
+        elif iei == IEI_CONCAT_16BIT and n == 4:
+            concat = Concat("udh16", int.from_bytes(value[:2], "big"), value[2], value[3])
+        pos += 2 + n
+    if concat is None or not 1 <= concat.seq <= concat.total or concat.total == 1:
+        return None
+    return concat
