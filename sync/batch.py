@@ -1,10 +1,13 @@
 """Sync batches: change-log records as one compressed, hashed, size-capped blob.
 
 Sans-I/O: bytes in, bytes out, no clock and no store; docs/sync-protocol.md is the
-byte-by-byte description an upstream team implements. Wire layout (version 1):
+byte-by-byte description an upstream team implements. Wire layout (version 2):
 
     "GWDB" | version u8 | codec u8 | header length u16 | body length u32 |
     header (JSON) | body (compressed columnar JSON) | SHA-256 of everything before it
+
+The body's layout (columns, seq and time deltas, inheritance within a batch) is
+sync/columns.py; this module frames, compresses, hashes and caps it.
 
 Two hashes, for two different jobs. The trailer hashes every byte of the blob: it is the
 batch's id in acknowledgements, is checked before anything is decompressed, and catches
@@ -19,7 +22,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -28,8 +30,13 @@ from typing import Any
 
 import zstandard
 
+from sync import columns
+from sync.columns import canonical_json
+
 MAGIC = b"GWDB"
-VERSION = 1
+# 2: seq and times as deltas, inheritance within a batch (sync/columns.py). Nothing that
+# wrote version 1 was ever deployed, so this side reads 2 alone.
+VERSION = 2
 _PREFIX = struct.Struct(">4sBBHI")   # magic, version, codec, header length, body length
 _TRAILER = 32
 MIN_SIZE = _PREFIX.size + _TRAILER
@@ -52,8 +59,6 @@ _MAX_WINDOW = 1 << 24
 # Real change-log records shrink about 10x (bench/sync_codec.py); the first cut assumes it.
 _GUESS_RATIO = 10
 _HEADER_KEYS = {"after", "count", "first", "last", "raw_len", "raw_sha256", "site"}
-_BODY_KEYS = {"at", "entity", "groups", "seq"}
-_GROUP_KEYS = {"fields", "key", "op", "shape", "shapes"}
 
 
 class BatchError(ValueError):
@@ -117,10 +122,8 @@ class Batch:
         return len(self.wire)
 
 
-def canonical_json(obj: Any) -> bytes:
-    # ASCII escapes keep a lone surrogate in a name encodable; sorted keys make the bytes,
-    # and so both hashes, a function of the content alone.
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+def _is_int(v: Any) -> bool:
+    return type(v) is int
 
 
 def _reject_constant(name: str) -> Any:
@@ -138,103 +141,6 @@ def strict_loads(data: bytes | str) -> Any:
     """JSON as every language parses it alike: no NaN, no duplicate keys (parsers differ on
     which one wins, and that difference is where forged fields hide)."""
     return json.loads(data, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
-
-
-# -- the body: columns per entity ----------------------------------------------------------
-
-def _columns(records: Sequence[Record], after: int) -> dict[str, Any]:
-    """Columnar beats one JSON line per record by a third with zstd (bench/sync_codec.py):
-    records of one entity share their field names, and like values sit side by side."""
-    groups: dict[str, dict[str, Any]] = {}
-    shape_index: dict[str, dict[tuple[str, ...], int]] = {}
-    prev = after
-    for r in records:
-        if type(r.seq) is not int or r.seq <= prev:
-            raise ValueError(f"record seqs must rise above {prev}; got {r.seq!r}")
-        prev = r.seq
-        g = groups.get(r.entity)
-        if g is None:
-            g = groups[r.entity] = {"fields": {}, "key": [], "op": [], "shape": [], "shapes": []}
-            shape_index[r.entity] = {}
-        names = tuple(sorted(r.payload))
-        if not (type(r.entity) is type(r.key) is type(r.op) is str
-                and all(type(name) is str for name in names)):
-            # JSON would turn a key 1 into "1": the batch would decode to another record.
-            raise ValueError(f"record seq {r.seq}: entity, key, op and payload keys must be text")
-        i = shape_index[r.entity].get(names)
-        if i is None:
-            i = shape_index[r.entity][names] = len(g["shapes"])
-            g["shapes"].append(list(names))
-        g["key"].append(r.key)
-        g["op"].append(r.op)
-        g["shape"].append(i)
-        for name in names:
-            g["fields"].setdefault(name, []).append(r.payload[name])
-    return {"seq": [r.seq for r in records], "entity": [r.entity for r in records],
-            "at": [r.at for r in records], "groups": groups}
-
-
-def _is_int(v: Any) -> bool:
-    return type(v) is int
-
-
-def _is_number(v: Any) -> bool:
-    return (type(v) is int) or (type(v) is float and math.isfinite(v))
-
-
-def _str_list(v: Any, n: int, what: str) -> list[str]:
-    if not isinstance(v, list) or len(v) != n or not all(type(s) is str for s in v):
-        raise BatchError(f"body: {what} must be {n} strings")
-    return v
-
-
-def _records(body: Any, count: int) -> tuple[Record, ...]:
-    if not isinstance(body, dict) or set(body) != _BODY_KEYS:
-        raise BatchError(f"body: expected exactly the keys {sorted(_BODY_KEYS)}")
-    seqs, ats, groups = body["seq"], body["at"], body["groups"]
-    ents = _str_list(body["entity"], count, "entity")
-    if not isinstance(seqs, list) or len(seqs) != count or not all(map(_is_int, seqs)):
-        raise BatchError(f"body: seq must be {count} integers")
-    if not isinstance(ats, list) or len(ats) != count or not all(map(_is_number, ats)):
-        raise BatchError(f"body: at must be {count} numbers")
-    if not isinstance(groups, dict) or set(groups) != set(ents):
-        raise BatchError("body: groups must name exactly the entities present")
-    fields_of: dict[str, list[list[str]]] = {}
-    for e, g in groups.items():
-        n = ents.count(e)
-        if not isinstance(g, dict) or set(g) != _GROUP_KEYS:
-            raise BatchError(f"body: group {e!r} must have exactly {sorted(_GROUP_KEYS)}")
-        _str_list(g["key"], n, f"{e}.key")
-        _str_list(g["op"], n, f"{e}.op")
-        shapes = g["shapes"]
-        if (not isinstance(shapes, list) or not shapes
-                or not all(isinstance(s, list) and all(type(f) is str for f in s)
-                           and len(set(s)) == len(s) for s in shapes)):
-            raise BatchError(f"body: {e}.shapes must be lists of distinct field names")
-        shape = g["shape"]
-        if (not isinstance(shape, list) or len(shape) != n
-                or not all(_is_int(i) and 0 <= i < len(shapes) for i in shape)):
-            raise BatchError(f"body: {e}.shape must be {n} indexes into {e}.shapes")
-        fields = g["fields"]
-        used = {f: sum(f in shapes[i] for i in shape) for s in shapes for f in s}
-        if (not isinstance(fields, dict) or set(fields) != set(used)
-                or any(not isinstance(fields[f], list) or len(fields[f]) != c
-                       for f, c in used.items())):
-            raise BatchError(f"body: {e}.fields do not match {e}.shape")
-        fields_of[e] = [shapes[i] for i in shape]
-    row = dict.fromkeys(groups, 0)
-    cursor = {e: dict.fromkeys(g["fields"], 0) for e, g in groups.items()}
-    out = []
-    for i in range(count):
-        e = ents[i]
-        g, j, cur = groups[e], row[e], cursor[e]
-        row[e] = j + 1
-        payload = {}
-        for f in fields_of[e][j]:
-            payload[f] = g["fields"][f][cur[f]]
-            cur[f] += 1
-        out.append(Record(seqs[i], e, g["key"][j], g["op"][j], payload, ats[i]))
-    return tuple(out)
 
 
 # -- compression -----------------------------------------------------------------------------
@@ -280,7 +186,7 @@ def _raw(after: int, records: Sequence[Record]) -> bytes:
     if not records:
         raise ValueError("a batch holds at least one record")
     try:
-        return canonical_json(_columns(records, after))
+        return canonical_json(columns.encode(records, after))
     except (TypeError, ValueError) as e:
         raise ValueError(f"records after seq {after} are not encodable: {e}") from None
 
@@ -355,12 +261,14 @@ def decode_batch(data: bytes, site: str | None = None, max_raw: int = MAX_RAW) -
         body = strict_loads(raw)
     except ValueError as e:
         raise BatchError(f"body is not JSON: {e}") from None
-    records = _records(body, h["count"])
-    seqs = [r.seq for r in records]
-    if seqs[0] != h["first"] or seqs[-1] != h["last"]:
+    try:
+        rows = columns.decode(body, h["after"], h["count"])
+    except columns.BodyError as e:
+        raise BatchError(f"body: {e}") from None
+    # Deltas >= 1 from `after` make the seqs rise; the header must name the same range.
+    if rows[0][0] != h["first"] or rows[-1][0] != h["last"]:
         raise BatchError("header first/last do not match the records")
-    if any(b <= a for a, b in zip(seqs, seqs[1:])):
-        raise BatchError("record seqs must rise strictly")
+    records = tuple(Record(*row) for row in rows)
     return Batch(h["site"], h["after"], records, codec, h["raw_len"], h["raw_sha256"],
                  data[-_TRAILER:].hex(), data)
 

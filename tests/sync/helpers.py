@@ -7,7 +7,7 @@ import hashlib
 import json
 import struct
 
-from sync.batch import MAGIC, Record
+from sync.batch import MAGIC, VERSION, Record
 
 SITE = "site-1"
 T0 = 1764316800.0
@@ -44,7 +44,7 @@ def records(n: int, start: int = 1) -> list[Record]:
     return out
 
 
-def forge(header: dict | bytes, body: bytes, codec: int = 1, version: int = 1,
+def forge(header: dict | bytes, body: bytes, codec: int = 1, version: int = VERSION,
           magic: bytes = MAGIC) -> bytes:
     """A blob with a correct trailer around whatever header and compressed body."""
     h = header if isinstance(header, bytes) else json.dumps(header).encode()

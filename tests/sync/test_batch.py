@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from store import changelog
+from sync import columns
 from sync.batch import (
     MAX_RAW,
     MIN_SIZE,
@@ -167,8 +168,10 @@ def test_trailing_garbage_and_wrong_site_and_version_are_named():
     with pytest.raises(BatchError, match="not 'site-2'"):
         decode_batch(_WIRE, site="site-2")
     raw = b'{"at":[1],"entity":["x"],"groups":{},"seq":[1]}'
-    with pytest.raises(BatchError, match="version 2"):
-        decode_batch(forge(header_for(raw), gzip.compress(raw), version=2))
+    # Version 1 was never deployed: this side reads 2 alone, and says so.
+    for version in (1, 3):
+        with pytest.raises(BatchError, match=f"version {version} \\(this side reads 2\\)"):
+            decode_batch(forge(header_for(raw), gzip.compress(raw), version=version))
     with pytest.raises(BatchError, match="magic"):
         decode_batch(forge(header_for(raw), gzip.compress(raw), magic=b"GWDX"))
     with pytest.raises(BatchError, match="unknown codec 3"):
@@ -210,8 +213,8 @@ def _forged_body(body_obj, **header) -> bytes:
 
 
 GOOD = {"seq": [1], "entity": ["x"], "at": [1.5],
-        "groups": {"x": {"key": ["k"], "op": ["o"], "shape": [0], "shapes": [["a"]],
-                         "fields": {"a": [1]}}}}
+        "groups": {"x": {"key": ["k"], "op": ["o"], "shape": [0], "shapes": [[["a"], []]],
+                         "fields": {"a": [1]}, "times": []}}}
 
 
 def _with(path: str, value):
@@ -234,11 +237,11 @@ def _with(path: str, value):
     (_forged_body(b'{"seq": [1], "seq": [1]}'), "duplicate key"),
     (_forged_body(b'{"seq": [NaN]}'), "not JSON"),
     (_forged_body(b"\xff"), "not JSON"),
-    (_forged_body(_with("seq", [True])), "seq must be 1 integers"),
+    (_forged_body(_with("seq", [True])), "seq must be 1 deltas"),
     (_forged_body(_with("at", ["noon"])), "at must be"),
     (_forged_body(_with("groups", {})), "groups must name"),
     (_forged_body(_with("groups.x.shape", [1])), "indexes"),
-    (_forged_body(_with("groups.x.shapes", [["a", "a"]])), "distinct"),
+    (_forged_body(_with("groups.x.shapes", [[["a", "a"], []]])), "distinct"),
     (_forged_body(_with("groups.x.fields", {"a": []})), "do not match"),
     (_forged_body(_with("groups.x.key", [3])), "x.key"),
     (_forged_body(_with("groups.x.extra", 1)), "exactly"),
@@ -334,19 +337,28 @@ def test_the_protocol_doc_test_vector_decodes_to_its_records():
     doc = DOC.read_text()
     block = doc.split("### 4.2 Test vector", 1)[1].split("```", 2)[1]
     b = decode_batch(bytes.fromhex("".join(block.split())), site="site-1")
-    t = 1764316800.25
-    want = (Record(41, "loan", "K7QH2M", "requested", {
-                "ref": "K7QH2M", "borrower": "254712345678", "lender": "254798765432",
-                "principal_cents": 500000, "instalment_cents": 125000, "state": "requested",
-                "expires_at": t + 72 * 3600, "created_at": t, "updated_at": t}, t),
-            Record(42, "sms", "site-1-sms-5d2c9a0e4f1b", "queued", {
-                "key": "site-1-sms-5d2c9a0e4f1b", "msisdn": "254798765432",
+    t, t2 = 1764316800.25, 1764316895.75
+    loan = {"ref": "K7QH2M", "borrower": "254712345678", "lender": "254798765432",
+            "principal_cents": 500000, "instalment_cents": 125000, "state": "requested",
+            "expires_at": t + 72 * 3600, "created_at": t, "updated_at": t}
+    want = (Record(41, "loan", "K7QH2M", "requested", loan, t),
+            Record(42, "sms", "site-1-sms-5d2c9a0e4f1b-7", "queued", {
+                "key": "site-1-sms-5d2c9a0e4f1b-7", "msisdn": "254798765432",
                 "body": "Amina Wanjiru (0712345678) asks to borrow Ksh 5,000 from you. Dial "
                         "*383# and choose 3 to approve. Ref K7QH2M",
-                "state": "queued", "created_at": t}, t))
-    assert b.records == want and (b.after, b.count, b.codec, b.size) == (40, 2, "zstd", 610)
-    assert b.sha256 == "f53ef69b9ddbfd1b211bfa008872d0c08f5dae0b0597bffdc8afec877ab89fc2"
-    assert b.raw_sha256 == "1440bcf06d6c4a7082ceef013c2be68aff6217ed71ab3b9357b9f33332a2a6e9"
+                "state": "queued", "created_at": t}, t),
+            # The lender approves 95.5 s later: the body inherits all but two fields.
+            Record(43, "loan", "K7QH2M", "approved",
+                   {**loan, "state": "approved", "updated_at": t2}, t2))
+    assert b.records == want and (b.after, b.count, b.codec, b.size) == (40, 3, "zstd", 670)
+    assert all(canonical_json(r.payload) == canonical_json(w.payload)
+               for r, w in zip(b.records, want))
+    assert b.sha256 == "04d9831e4735d99326c82e7e1a071b6d8db2874d75666fa7a14c5a064f2b1aad"
+    assert b.raw_sha256 == "d4bbb94131ca8e57f8277e3cbbc47e0945d3344d0b0485bd2f8d1f054f3dfbb8"
     assert b.sha256 in doc and b.raw_sha256 in doc
     # Our encoder makes the same content; the compressed bytes may vary with zstd's version.
+    raw = canonical_json(columns.encode(want, 40))
     assert encode_batch("site-1", 40, want).raw_sha256 == b.raw_sha256
+    # The worked example in section 4 is this vector's content, line breaks aside.
+    example = doc.split("#### Worked example", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert "".join(example.split("\n")) == raw.decode()
