@@ -102,6 +102,11 @@ def _c_string(limit: int, *, required: bool = False) -> Callable[[Any], str | No
     return check
 
 
+def _shortcode(v: str) -> str | None:
+    return None if not v or re.fullmatch(r"[0-9]{5,7}", v) else \
+        "must be 5-7 digits, or empty"
+
+
 def _ussd_profile(v: str) -> str | None:
     from gatewayd.smpp.ussd import PROFILES
     return None if v in PROFILES else f"must be one of {', '.join(PROFILES)}"
@@ -242,6 +247,38 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "window_seconds": Key(int, 300, "How far request timestamps may be from our clock.",
                               _range(30, 3600)),
     },
+    "mpesa": {
+        "mode": Key(str, "upstream", "Who calls Daraja: upstream (actions ride the sync "
+                    "batches; the upstream executes them) or direct (this box calls Daraja "
+                    "itself when backhaul is up; needs [sync] for the callbacks the upstream "
+                    "relays).", _choice("upstream", "direct")),
+        "daraja_url": Key(str, "", "Daraja's base URL, like https://sandbox.safaricom.co.ke "
+                          "or https://api.safaricom.co.ke (direct mode).", _url_or_empty),
+        "credentials_file": Key(str, "", "TOML file holding consumer_key, consumer_secret, "
+                                "passkey and security_credential, readable by gatewayd "
+                                "alone; empty means <state_dir>/daraja.toml (direct mode)."),
+        "shortcode": Key(str, "", "BusinessShortCode (paybill or till) STK pushes collect "
+                         "to (direct mode).", _shortcode),
+        "transaction_type": Key(str, "CustomerPayBillOnline", "STK push TransactionType: "
+                                "CustomerPayBillOnline (paybill) or CustomerBuyGoodsOnline "
+                                "(till).", _choice("CustomerPayBillOnline",
+                                                   "CustomerBuyGoodsOnline")),
+        "b2c_shortcode": Key(str, "", "The B2C shortcode payouts come from (PartyA); empty: "
+                             "the same as shortcode.", _shortcode),
+        "initiator_name": Key(str, "", "The B2C API operator's user name (direct mode).",
+                              _c_string(64)),
+        "command_id": Key(str, "BusinessPayment", "B2C CommandID.",
+                          _choice("BusinessPayment", "SalaryPayment", "PromotionPayment")),
+        "callback_base_url": Key(str, "", "The upstream's public relay, where Daraja posts "
+                                 "results: {this}/daraja/stk/<site>/<key> and "
+                                 "{this}/daraja/b2c/<site>/<key>/result (direct mode; the "
+                                 "box has no public address).", _url_or_empty),
+        "first_query_seconds": Key(float, 20.0, "How long after an STK push the box first "
+                                   "asks Daraja how it went (the villager needs time to "
+                                   "type the PIN).", _range(0, 600)),
+        "query_retry_seconds": Key(float, 15.0, "Then asks again after this, doubling up "
+                                   "to 5 minutes.", _range(0.01, 600)),
+    },
     "log": {
         "level": Key(str, "info", "debug, info, warning or error.",
                      _choice("debug", "info", "warning", "error")),
@@ -288,6 +325,10 @@ class Config:
     @property
     def sync_key_path(self) -> str:
         return self.sync.key_file or self.path("sync.key")
+
+    @property
+    def mpesa_credentials_path(self) -> str:
+        return self.mpesa.credentials_file or self.path("daraja.toml")
 
     @property
     def pin_key_path(self) -> str:
@@ -367,9 +408,31 @@ def validate(data: dict[str, Any], text: str = "", source: str = "<config>") -> 
     if not problems and values["smpp"]["enabled"] and not values["smpp"]["system_id"]:
         problems.append(f"{where('smpp', 'enabled')}: needs smpp.system_id, the bind user "
                         "name from the operator")
+    if not problems:
+        problems += _mpesa_direct(values, where)
     if problems:
         raise ConfigError(problems)
     return Config(values, source, modems)
+
+
+def _mpesa_direct(values: dict[str, dict[str, Any]], where: Callable) -> list[str]:
+    """What direct mode cannot run without, each named by its key. The secrets are in
+    their own file, read at start (gatewayd.mpesa), never here."""
+    m = values["mpesa"]
+    if m["mode"] != "direct":
+        return []
+    needs = {"daraja_url": "Daraja's base URL",
+             "shortcode": "the BusinessShortCode STK pushes collect to",
+             "initiator_name": "the B2C initiator name",
+             "callback_base_url": "the upstream's public relay for Daraja's callbacks"}
+    problems = [f"{where('mpesa', k)}: needed when mpesa.mode is \"direct\" ({why})"
+                for k, why in needs.items() if not m[k]]
+    if not values["sync"]["enabled"]:
+        # B2C results (and any STK result whose answer was lost) reach the box only as
+        # callbacks the upstream relays over sync.
+        problems.append(f"{where('mpesa', 'mode')}: \"direct\" needs sync.enabled = true "
+                        "(Daraja's callbacks come back through the upstream)")
+    return problems
 
 
 def _modems(tables: Any, text: str, source: str, problems: list[str]) -> list[Any]:

@@ -27,7 +27,7 @@ import hypercorn.trio
 import trio
 
 from gatewayd import __version__, config as config_mod, logs, metrics
-from gatewayd import smpp_jobs, upstream
+from gatewayd import mpesa, smpp_jobs, upstream
 from gatewayd.admin import AdminApp
 from gatewayd.http import HttpApp
 from gatewayd.modem_channel import ModemChannel
@@ -114,6 +114,7 @@ class Daemon:
         self.smpp: SmppChannel | None = None
         self.modems: ModemChannel | None = None
         self.sync: SyncService | None = None
+        self.mpesa: mpesa.DirectMpesa | None = None
         self.sms_reply_limiter = smpp_jobs.reply_limiter()
         self.pending_restart: list[str] = []
 
@@ -158,6 +159,7 @@ class Daemon:
                 "sync": ({**await self.sync.lag(), **vars(self.sync.stats),
                           "upstream": self.sync.upstream, "enabled": True}
                          if self.sync else {"enabled": False}),
+                "mpesa": self.mpesa.status() if self.mpesa else {"mode": "upstream"},
                 "queues": queues,
                 "disk": {"path": os.path.abspath(self.cfg.store.state_dir),
                          "free_bytes": disk.free, "total_bytes": disk.total},
@@ -189,6 +191,10 @@ class Daemon:
                 await self.sync.load()
                 store.commit_listeners.append(self.sync.changed)
                 http_app.sync_app = SyncApp(self.sync)
+            self.mpesa = await mpesa.build(cfg, store, ussd)
+            if self.mpesa is not None:
+                # Any commit may have queued an action: the executor looks at once.
+                store.commit_listeners.append(self.mpesa.wake)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._signals)
@@ -212,6 +218,9 @@ class Daemon:
                 if self.sync is not None and self.sync.upstream:
                     await nursery.start(self.supervisor.run, "sync_push",
                                         at_once(self.sync.push_loop))
+                if self.mpesa is not None:
+                    await nursery.start(self.supervisor.run, "mpesa_direct",
+                                        at_once(self.mpesa.run))
                 nursery.start_soon(self.notifier.watchdog_loop)
 
                 await self.notifier.notify("READY=1", f"STATUS=serving {', '.join(cfg.ussd.service_codes)}")

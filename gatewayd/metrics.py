@@ -93,6 +93,14 @@ async def render(daemon: Any) -> str:
                "succeeded.", [("", 1 if st.backhaul else 0)])
         metric("gatewayd_sync_inbound_applied_total", "counter", "Upstream changes applied.",
                [("", st.inbound_applied)])
+    if getattr(daemon, "mpesa", None) is not None:
+        st = daemon.mpesa.stats
+        metric("gatewayd_mpesa_direct_total", "counter", "Direct mode: Daraja requests "
+               "accepted (sent), results settled, STK pushes left unknown (never resent), "
+               "and sends put off to retry.",
+               [('{event="sent"}', st.sent), ('{event="settled_ok"}', st.settled_ok),
+                ('{event="settled_failed"}', st.settled_failed),
+                ('{event="unknown"}', st.unknown), ('{event="retried"}', st.retried)])
     metric("gatewayd_task_up", "gauge", "1 when a supervised task is running.",
            [(f'{{task="{n}"}}', 1 if t.state == "running" else 0)
             for n, t in daemon.supervisor.tasks.items()])

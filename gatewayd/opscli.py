@@ -72,6 +72,14 @@ def _sync_line(sync: dict[str, Any], last_seq: int) -> str:
     return line
 
 
+def _mpesa_mode(s: dict[str, Any]) -> str:
+    m = s.get("mpesa") or {}
+    if m.get("mode") != "direct":
+        return " · via the upstream"
+    return (f" · direct to {m['daraja']}: {m['sent']} sent, "
+            f"{m['settled_ok'] + m['settled_failed']} settled, {m['unknown']} unknown")
+
+
 def render_status(s: dict[str, Any]) -> str:
     tasks = " · ".join(f"{n} {t['state']}" + (f" ({t['restarts']} restarts)" if t["restarts"] else "")
                        for n, t in sorted(s["tasks"].items()))
@@ -91,7 +99,7 @@ def render_status(s: dict[str, Any]) -> str:
         f"sms       {sms}" + (f" · oldest queued {_age(q['sms_oldest_queued_seconds'])}"
                               if q["sms_oldest_queued_seconds"] else ""),
         f"m-pesa    {mp}" + (f" · oldest open {_age(q['mpesa_oldest_open_seconds'])}"
-                             if q["mpesa_oldest_open_seconds"] else ""),
+                             if q["mpesa_oldest_open_seconds"] else "") + _mpesa_mode(s),
         _sync_line(s.get("sync", {}), q["change_log_last_seq"]),
         f"disk      {d['path']}: {_bytes(d['free_bytes'])} free of {_bytes(d['total_bytes'])}"
         f" · database {_bytes(st['db_bytes'])}",

@@ -24,20 +24,25 @@ class Unbalanced(ValueError):
 
 def post(conn: sqlite3.Connection, kind: str, postings: Iterable[tuple[str, int, int | None]],
          now: float, loan_id: int | None = None, loan_ref: str | None = None,
-         receipt: str | None = None) -> int:
-    """One ledger transaction of (account, amount_cents, user_id) postings."""
+         receipt: str | None = None, action_key: str | None = None) -> int:
+    """One ledger transaction of (account, amount_cents, user_id) postings; `action_key`
+    names the M-PESA action it settles, when it settles one."""
     postings = [(a, int(c), u) for a, c, u in postings if c]
     if not postings or sum(c for _, c, _ in postings) != 0:
         raise Unbalanced(f"{kind}: postings {postings!r} do not sum to zero")
     txn_id = int(conn.execute(
-        "INSERT INTO ledger_txns (kind, loan_id, mpesa_receipt, at) VALUES (?, ?, ?, ?)",
-        (kind, loan_id, receipt, now)).lastrowid)
+        "INSERT INTO ledger_txns (kind, loan_id, mpesa_receipt, at, action_key) "
+        "VALUES (?, ?, ?, ?, ?)", (kind, loan_id, receipt, now, action_key)).lastrowid)
     conn.executemany(
         "INSERT INTO ledger_postings (txn_id, account, amount_cents, user_id) VALUES (?, ?, ?, ?)",
         [(txn_id, a, c, u) for a, c, u in postings])
-    changelog.record(conn, "ledger_txn", str(txn_id), "posted", {
-        "id": txn_id, "kind": kind, "loan_ref": loan_ref, "receipt": receipt,
-        "postings": [{"account": a, "amount_cents": c} for a, c, _ in postings]}, now)
+    payload = {"id": txn_id, "kind": kind, "loan_ref": loan_ref, "receipt": receipt,
+               "postings": [{"account": a, "amount_cents": c} for a, c, _ in postings]}
+    if action_key is not None:
+        # The upstream's link to a receipt that comes later, on the action's own record:
+        # ledger_txn records are append-only and are never sent again.
+        payload["action_key"] = action_key
+    changelog.record(conn, "ledger_txn", str(txn_id), "posted", payload, now)
     return txn_id
 
 

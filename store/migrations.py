@@ -239,6 +239,35 @@ CREATE INDEX mpesa_actions_open ON mpesa_actions(state) WHERE state IN ('queued'
 CREATE INDEX mpesa_actions_loan ON mpesa_actions(loan_id);
 """))
 
+MIGRATIONS.append((5, "M-PESA direct mode: who runs each action, and the box's own bookkeeping", """
+-- Who executes the action: 'upstream' (it rides the batches) or 'box' (direct mode).
+-- Stamped once, from kv mpesa.executor, when the action's first change-log record is
+-- written (store.changelog); NULL only inside that transaction.
+ALTER TABLE mpesa_actions ADD COLUMN executor TEXT CHECK (executor IN ('upstream', 'box'));
+UPDATE mpesa_actions SET executor = 'upstream';
+
+-- The executor's per-action state for actions this box runs itself (sync.executor.Action):
+-- a side table, so the action's own shape (and its change-log payload) stays as it was.
+CREATE TABLE mpesa_direct (
+    action_id           INTEGER PRIMARY KEY REFERENCES mpesa_actions(id),
+    checkout_request_id TEXT,                      -- STK push: what the query asks about
+    merchant_request_id TEXT,
+    conversation_id     TEXT,                      -- B2C: Daraja's ConversationID
+    sends               INTEGER NOT NULL DEFAULT 0,
+    queries             INTEGER NOT NULL DEFAULT 0,
+    not_before          REAL NOT NULL DEFAULT 0,   -- unix seconds: nothing to do before
+    note                TEXT NOT NULL DEFAULT '',  -- the last thing that happened
+    updated_at          REAL NOT NULL
+);
+CREATE INDEX mpesa_actions_box_open ON mpesa_actions(id)
+    WHERE executor = 'box' AND state IN ('queued', 'sent', 'unknown');
+
+-- Which action a ledger transaction settles, so a receipt that arrives after the
+-- success (Daraja's STK query carries none) can be filled in on its transactions.
+ALTER TABLE ledger_txns ADD COLUMN action_key TEXT;
+CREATE INDEX ledger_txns_action ON ledger_txns(action_key) WHERE action_key IS NOT NULL;
+"""))
+
 LATEST = MIGRATIONS[-1][0]
 
 

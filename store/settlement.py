@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import sqlite3
 
+import structlog
+
 from store import ledger, lending, outbox
 from store.lending import LendingError, Notice
+
+log = structlog.get_logger("gatewayd.settlement")
 
 
 def apply_mpesa_result(conn: sqlite3.Connection, site: str, key: str, succeeded: bool,
                        now: float, receipt: str | None = None, result_code: str | None = None,
                        result_desc: str | None = None) -> tuple[bool, list[Notice]]:
     """Settle an action once. Returns (applied, notices); a result for an action already
-    settled is ignored (results arrive twice), and so is one for an unknown key."""
+    settled is ignored (results arrive twice), except that a receipt for a success that
+    came without one (Daraja's STK query carries none) is filled in. An unknown key
+    raises LendingError."""
     action = conn.execute("SELECT * FROM mpesa_actions WHERE key = ?", (key,)).fetchone()
     if action is None:
         raise LendingError("unknown_action")
     if action["state"] not in lending.OPEN_ACTION_STATES:
-        return False, []
+        return _settled_again(conn, action, succeeded, receipt, now), []
     state = "succeeded" if succeeded else "failed"
     conn.execute("UPDATE mpesa_actions SET state = ?, receipt = ?, result_code = ?, "
                  "result_desc = ?, updated_at = ? WHERE id = ?",
@@ -45,7 +51,8 @@ def apply_mpesa_result(conn: sqlite3.Connection, site: str, key: str, succeeded:
     notices: list[Notice] = []
 
     def post(kind: str, postings: list[tuple[str, int, int | None]]) -> None:
-        ledger.post(conn, kind, postings, now, loan_id=loan["id"], loan_ref=ref, receipt=receipt)
+        ledger.post(conn, kind, postings, now, loan_id=loan["id"], loan_ref=ref, receipt=receipt,
+                    action_key=key)
 
     if purpose == "loan_funding":
         if succeeded:
@@ -92,6 +99,28 @@ def apply_mpesa_result(conn: sqlite3.Connection, site: str, key: str, succeeded:
     return True, notices
 
 
+def _settled_again(conn: sqlite3.Connection, action: sqlite3.Row, succeeded: bool,
+                   receipt: str | None, now: float) -> bool:
+    """A result for an action already settled. The same verdict again changes nothing;
+    a success's missing receipt is filled in (on the action, whose record replicates it,
+    and on its ledger transactions); a contradiction changes nothing and is logged for
+    the operator, since money may have moved in a way the books do not show."""
+    was_ok, had = action["state"] == "succeeded", action["receipt"]
+    if succeeded == was_ok and (receipt is None or receipt == had):
+        return False
+    if succeeded and was_ok and had is None:
+        conn.execute("UPDATE mpesa_actions SET receipt = ?, updated_at = ? WHERE id = ?",
+                     (receipt, now, action["id"]))
+        conn.execute("UPDATE ledger_txns SET mpesa_receipt = ? WHERE action_key = ? "
+                     "AND mpesa_receipt IS NULL", (receipt, action["key"]))
+        outbox.action_changed(conn, action["key"], now)
+        return True
+    log.warning("mpesa_result_contradicts", key=action["key"], state=action["state"],
+                receipt=had, result="succeeded" if succeeded else "failed",
+                result_receipt=receipt)
+    return False
+
+
 def _settle_remainder(conn: sqlite3.Connection, action: sqlite3.Row, succeeded: bool,
                       now: float, receipt: str | None, reason: str) -> list[Notice]:
     amount, msisdn = action["amount_cents"], action["msisdn"]
@@ -102,7 +131,7 @@ def _settle_remainder(conn: sqlite3.Connection, action: sqlite3.Row, succeeded: 
     user = lending.get_user(conn, msisdn)
     ledger.post(conn, "remainder_paid", [(f"payable:{msisdn}", amount, None),
                                          ("mpesa", -amount, user.id if user else None)],
-                now, receipt=receipt)
+                now, receipt=receipt, action_key=action["key"])
     return []
 
 

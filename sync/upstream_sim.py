@@ -12,11 +12,14 @@ prints {"event": "listening", "url": ..., "port": N}. It serves
     GET  /v1/sites/{site}/inbound?after=N            a box asks for its inbound changes
     GET  /v1/sites/{site}/state                      counts for tests (unsigned: keep local)
     POST /daraja/stk/{site}/{key}, /daraja/b2c/{site}/{key}/result|timeout
-                                                     Daraja's callbacks for each action
+                                                     Daraja's callbacks for each action:
+                                                     run here, or relayed to the box
 
 and with --pull it also polls a box's own sync API (6.2). An `mpesa_action` record in
 state `queued` is executed once per (site, key) with sync/executor.py; its result
-becomes an inbound `mpesa_result` change, piggybacked on the next ack or answer.
+becomes an inbound `mpesa_result` change, piggybacked on the next ack or answer. An
+action marked `executor: box` (the box is in direct mode) is not executed here; Daraja's
+callback for it is relayed to the box as the same kind of change (section 11).
 SQLite calls run on the event loop: they take microseconds here, and a production
 upstream would have its own database layer anyway.
 """
@@ -82,8 +85,9 @@ class UpstreamStore:
 
     def apply_batch(self, site: str, b: Batch, execute: bool = True) -> int:
         """Section 8: one transaction per batch; records above U in order, then U. Returns
-        the number of new actions to execute; SyncConflict (409) on a hole. A site in
-        direct mode (`execute` False) runs its own actions: they are only recorded."""
+        the number of new actions to execute; SyncConflict (409) on a hole. Actions marked
+        `executor: box`, and every action of a site passed with `execute` False, are the
+        box's to run: they are only recorded."""
         new = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -100,7 +104,9 @@ class UpstreamStore:
                     "INSERT INTO entities VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                     "seq = excluded.seq, payload = excluded.payload WHERE excluded.seq > entities.seq "
                     "AND excluded.entity != 'ledger_txn'", (site, r.entity, r.key, r.seq, payload))
-                if execute and r.entity == "mpesa_action" and r.payload.get("state") == "queued":
+                # Section 11: an action the box runs itself (direct mode) is only recorded.
+                if (execute and r.entity == "mpesa_action" and r.payload.get("state") == "queued"
+                        and r.payload.get("executor", "upstream") == "upstream"):
                     try:
                         a = Action.from_payload(site, r.payload)
                     except (KeyError, ValueError):
@@ -127,11 +133,22 @@ class UpstreamStore:
             "SELECT change FROM inbound WHERE site = ? AND seq > ? ORDER BY seq LIMIT ?",
             (site, after, MAX_INBOUND_CHANGES))]
 
-    def add_result(self, site: str, r: Result, amount_cents: int) -> bool:
-        """An executor result as an inbound change (section 7); False while it cannot be
-        one: a success the STK query reported carries no receipt, which the protocol
-        requires, so it waits for the callback that has it."""
-        if r.succeeded and not r.receipt:
+    def box_action(self, site: str, key: str) -> dict[str, Any] | None:
+        """The latest record of an action the box runs itself (section 11), if it is one."""
+        row = self.db.execute("SELECT payload FROM entities WHERE site = ? AND entity = "
+                              "'mpesa_action' AND key = ?", (site, key)).fetchone()
+        if row is None or self.db.execute("SELECT 1 FROM actions WHERE site = ? AND key = ?",
+                                          (site, key)).fetchone():
+            return None
+        return json.loads(row[0])
+
+    def add_result(self, site: str, r: Result, amount_cents: int | None,
+                   need_receipt: bool = True) -> bool:
+        """An executor result as an inbound change (section 7); False when not added.
+        One change per action here (UNIQUE), so for the actions it runs itself the
+        upstream waits for a success's receipt: the STK query carries none, the callback
+        does, and the box would otherwise need a second change to learn it."""
+        if r.succeeded and not r.receipt and need_receipt:
             return False
         seq = self.site(site)["inbound_seq"] + 1
         change = {"seq": seq, "id": f"up-{seq}", "kind": "mpesa_result", "action_key": r.key,
@@ -288,11 +305,28 @@ class UpstreamSim:
             obj = None
         site, key = parts[2], parts[3]
         found = self.store.actions(site, key)
-        if found and parts[1] == "stk":
-            await self.executor.callback(found[0], daraja.parse_stk_callback(obj))
-        elif found and parts[1] == "b2c" and parts[4:] == ["result"]:
-            await self.executor.callback(found[0], daraja.parse_b2c_result(obj))
+        outcome = (daraja.parse_stk_callback(obj) if parts[1] == "stk" else
+                   daraja.parse_b2c_result(obj) if parts[1] == "b2c" and parts[4:] == ["result"]
+                   else None)
+        if found:
+            await self.executor.callback(found[0], outcome)
+        elif site in self.keys and (box := self.store.box_action(site, key)) is not None:
+            self._relay(site, key, box, outcome)
         await _answer(send, 200, b'{"ResultCode":0,"ResultDesc":"Accepted"}')
+
+    def _relay(self, site: str, key: str, action: dict[str, Any],
+               o: daraja.Outcome | None) -> None:
+        """Section 11: a callback for an action the box runs goes back to it as an
+        ordinary `mpesa_result`, once per action (the first verdict wins; Daraja does not
+        resend, and a repeat is dropped by the inbound table's UNIQUE key)."""
+        if not isinstance(o, (daraja.Succeeded, daraja.Failed)):
+            return
+        ok = isinstance(o, daraja.Succeeded)
+        r = Result(key, ok, o.receipt if ok else None, o.result_code, o.result_desc)
+        if self.store.add_result(site, r, action.get("amount_cents"), need_receipt=False):
+            _log("relayed", site=site, key=key, result="succeeded" if ok else "failed")
+            self._changed.set()
+            self._changed = trio.Event()
 
     # -- pull mode (6.2): the upstream takes the initiative ---------------------------------
     async def pull(self, site: str, box_url: str, http: httpx.AsyncClient,

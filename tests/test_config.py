@@ -139,3 +139,41 @@ def test_run_refuses_a_bad_config_before_touching_anything(tmp_path):
 def test_service_name_must_stay_gsm7(tmp_path):
     with pytest.raises(config.ConfigError, match="lending.service_name: must use only GSM"):
         config.load(_write(tmp_path, '[lending]\nservice_name = "Mkopo ✓"\n'))
+
+
+DIRECT = ('[sync]\nenabled = true\n[mpesa]\nmode = "direct"\n'
+          'daraja_url = "https://sandbox.safaricom.co.ke"\nshortcode = "174379"\n'
+          'initiator_name = "gatewaydapi"\ncallback_base_url = "https://up.example.org"\n')
+
+
+def test_mpesa_defaults_to_the_upstream_and_direct_mode_validates(tmp_path):
+    assert config.load(None).mpesa.mode == "upstream"
+    cfg = config.load(_write(tmp_path, DIRECT))
+    assert (cfg.mpesa.mode, cfg.mpesa.b2c_shortcode) == ("direct", "")
+    assert cfg.mpesa_credentials_path == "var/daraja.toml"
+
+
+@pytest.mark.parametrize("drop, expected", [
+    ('daraja_url = "https://sandbox.safaricom.co.ke"\n', "mpesa.daraja_url: needed when"),
+    ('shortcode = "174379"\n', "mpesa.shortcode: needed when"),
+    ('initiator_name = "gatewaydapi"\n', "mpesa.initiator_name: needed when"),
+    ('callback_base_url = "https://up.example.org"\n', "mpesa.callback_base_url: needed when"),
+    ("[sync]\nenabled = true\n", ':2: mpesa.mode: "direct" needs sync.enabled = true'),
+])
+def test_direct_mode_names_each_key_it_lacks(tmp_path, drop, expected):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(_write(tmp_path, DIRECT.replace(drop, "")))
+    assert any(expected in p for p in e.value.problems), e.value.problems
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[mpesa]\nmode = "both"\n', ":2: mpesa.mode: must be one of upstream, direct"),
+    ('[mpesa]\nshortcode = "17a379"\n', "mpesa.shortcode: must be 5-7 digits"),
+    ('[mpesa]\ndaraja_url = "sandbox"\n', "mpesa.daraja_url: must be an http"),
+    ('[mpesa]\ntransaction_type = "Pay"\n', "mpesa.transaction_type: must be one of"),
+    ('[mpesa]\nconsumer_secret = "s3cret"\n', "mpesa.consumer_secret: unknown key"),
+])
+def test_bad_mpesa_values_name_the_key(tmp_path, text, expected):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(_write(tmp_path, text))
+    assert any(expected in p for p in e.value.problems), e.value.problems

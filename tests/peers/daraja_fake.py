@@ -16,7 +16,8 @@ for a subprocess; GET /_fake/state reads payments and callbacks back):
 - drop_next(path): do the work, then cut the answer mid-body (the lost-answer hole).
 - throttle_next(n): 429 with 500.003.02 (spike arrest) before doing anything.
 - slow(path, seconds): do the work, then wait before answering.
-- expire_tokens(); callbacks(on): deliver results to CallBackURL / ResultURL or not.
+- expire_tokens(); callbacks(on, kind=None): deliver results to CallBackURL / ResultURL
+  or not (kind "stk_push" or "b2c": that kind only).
 
 B2C idempotency, as Daraja documents it: a repeated OriginatorConversationID is
 refused with HTTP 500 {"errorCode": "500.002.1001", "errorMessage": "Duplicate
@@ -78,7 +79,7 @@ class DarajaFake:
         self.scripts: list[dict[str, Any]] = []
         self.faults: dict[str, list[tuple[str, Any]]] = {}
         self.throttled = 0
-        self.deliver_callbacks = True
+        self.deliver_callbacks = {"stk_push": True, "b2c": True}
         self.checkouts: dict[str, dict[str, Any]] = {}
         self.b2c: dict[str, dict[str, Any]] = {}
         self.payments: list[dict[str, Any]] = []
@@ -110,8 +111,9 @@ class DarajaFake:
     def expire_tokens(self) -> None:
         self.tokens.clear()
 
-    def callbacks(self, on: bool) -> None:
-        self.deliver_callbacks = on
+    def callbacks(self, on: bool, kind: str | None = None) -> None:
+        for k in [kind] if kind else list(self.deliver_callbacks):
+            self.deliver_callbacks[k] = on
 
     def release(self, id: str | None = None) -> None:
         for t in list(self.checkouts.values()) + list(self.b2c.values()):
@@ -181,8 +183,11 @@ class DarajaFake:
             getattr(self, op)(**obj)
             return 200, {"ok": True}, None
         if path == "/_fake/state":
+            by_path: dict[str, int] = {}
+            for p, _ in self.requests:
+                by_path[p] = by_path.get(p, 0) + 1
             return 200, {"payments": self.payments, "callbacks": self.callbacks_sent,
-                         "requests": len(self.requests)}, None
+                         "requests": len(self.requests), "requests_by_path": by_path}, None
         self.requests.append((path, obj))
         if self.throttled:
             self.throttled -= 1
@@ -334,7 +339,7 @@ class DarajaFake:
             self.payments.append({"kind": t["kind"], "id": t["id"], "msisdn": t["msisdn"],
                                   "amount": t["amount"], "receipt": t["receipt"]})
         self._notify()
-        if self.deliver_callbacks:
+        if self.deliver_callbacks[t["kind"]]:
             await self._callback(t)
 
     async def _callback(self, t: dict) -> None:

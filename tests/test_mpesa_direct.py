@@ -1,0 +1,310 @@
+"""M-PESA direct mode on the box's store: who executes each action (stamped and
+replicated), the executor's source and save, settlement through the same rules as an
+upstream result, a receipt that comes after the success, and the executor's timers on
+the store (trio's autojump clock, with a scripted Daraja client)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import trio
+
+from gatewayd.mpesa import DirectMpesa
+from store import check, lending, mpesa_direct, settlement
+from sync.daraja import Accepted, NotSent, Pending, Succeeded, Unknown
+from sync.executor import Policy
+
+SITE = "site-1"
+BORROWER, LENDER = "254711111111", "254722222222"
+T0 = 1764316800.0
+
+
+def approved_loan(conn: sqlite3.Connection, now: float = T0) -> int:
+    with conn:
+        b = lending.register(conn, BORROWER, "Amina", "en", "h", now)
+        loan, _ = lending.request_loan(conn, b, LENDER, 150_000, 50_000, now, 3600, 5)
+        lending.answer_request(conn, SITE, loan["id"], loan["lender_id"], True, now)
+    return loan["id"]
+
+
+def row(conn, purpose: str) -> sqlite3.Row:
+    return conn.execute("SELECT * FROM mpesa_actions WHERE purpose = ? ORDER BY id DESC",
+                        (purpose,)).fetchone()
+
+
+def records(conn, key: str) -> list[dict]:
+    return [json.loads(p) for (p,) in conn.execute(
+        "SELECT payload FROM change_log WHERE entity = 'mpesa_action' AND entity_key = ? "
+        "ORDER BY seq", (key,))]
+
+
+def direct(conn) -> None:
+    with conn:
+        mpesa_direct.set_mode(conn, True, T0)
+
+
+# -- who executes --------------------------------------------------------------------------
+
+def test_actions_belong_to_the_mode_they_were_queued_in(conn):
+    approved_loan(conn)
+    funding = row(conn, "loan_funding")
+    assert funding["executor"] == "upstream"
+    assert [r["executor"] for r in records(conn, funding["key"])] == ["upstream"]
+    direct(conn)
+    with conn:      # a later record of an upstream action stays the upstream's
+        settlement.apply_mpesa_result(conn, SITE, funding["key"], True, T0 + 1, "QK1ABC2DEF")
+    payout = row(conn, "loan_payout")
+    assert payout["executor"] == "box" and records(conn, payout["key"])[0]["executor"] == "box"
+    assert [r["executor"] for r in records(conn, funding["key"])] == ["upstream", "upstream"]
+    assert mpesa_direct.open_actions(conn) == [mpesa_direct.load(conn, payout["key"])]
+    assert mpesa_direct.load(conn, funding["key"]) is None
+
+
+# -- source and save -----------------------------------------------------------------------
+
+def test_save_writes_state_changes_to_the_log_and_never_reopens_a_settled_action(conn):
+    direct(conn)
+    approved_loan(conn)
+    a = mpesa_direct.open_actions(conn)[0]
+    assert (a["state"], a["sends"], a["checkout_request_id"]) == ("queued", 0, None)
+    with conn:      # the STK write-ahead: unknown before the request leaves
+        assert mpesa_direct.save(conn, {**a, "state": "unknown", "sends": 1}, T0 + 1)
+    assert records(conn, a["key"])[-1]["state"] == "unknown"
+    # Nothing to query (the answer may be lost): looking again would change nothing.
+    assert mpesa_direct.open_actions(conn) == []
+    with conn:
+        mpesa_direct.save(conn, {**a, "state": "sent", "sends": 1,
+                                 "checkout_request_id": "ws_CO_1", "not_before": T0 + 21}, T0 + 2)
+    (again,) = mpesa_direct.open_actions(conn)
+    assert (again["state"], again["checkout_request_id"], again["not_before"]) == \
+        ("sent", "ws_CO_1", T0 + 21)
+    n = len(records(conn, a["key"]))
+    with conn:      # bookkeeping alone (another query) does not go upstream
+        assert not mpesa_direct.save(conn, {**again, "queries": 1}, T0 + 3)
+    assert len(records(conn, a["key"])) == n
+    with conn:      # a relayed result settled it meanwhile: a stale copy changes nothing
+        settlement.apply_mpesa_result(conn, SITE, a["key"], False, T0 + 4, None, "1032", "x")
+        assert not mpesa_direct.save(conn, {**again, "state": "unknown"}, T0 + 5)
+    assert row(conn, "loan_funding")["state"] == "failed"
+
+
+def test_only_box_actions_are_saved(conn):
+    approved_loan(conn)
+    a = dict(row(conn, "loan_funding"))
+    with pytest.raises(ValueError, match="not an action this box executes"), conn:
+        mpesa_direct.save(conn, {**a, "state": "unknown"}, T0)
+
+
+def test_settle_applies_the_result_like_an_upstream_one(conn):
+    direct(conn)
+    loan_id = approved_loan(conn)
+    key = row(conn, "loan_funding")["key"]
+    with conn:
+        applied, notices = mpesa_direct.settle(conn, SITE, key, True, None, "0", "ok", T0 + 1)
+    assert applied and notices == []
+    assert lending.get_loan(conn, loan_id)["state"] == "funded"
+    assert row(conn, "loan_payout")["executor"] == "box"
+    with conn:
+        again = mpesa_direct.settle(conn, SITE, key, True, None, "0", "ok", T0 + 2)
+    assert again == (False, [])
+
+
+# -- a receipt after the success -------------------------------------------------------------
+
+def funded_without_receipt(conn) -> str:
+    approved_loan(conn)
+    key = row(conn, "loan_funding")["key"]
+    with conn:
+        settlement.apply_mpesa_result(conn, SITE, key, True, T0 + 1, None, "0", "ok")
+    return key
+
+
+def ledger_receipts(conn, key: str) -> list:
+    return [r[0] for r in conn.execute("SELECT mpesa_receipt FROM ledger_txns "
+                                       "WHERE action_key = ?", (key,))]
+
+
+def test_a_later_receipt_fills_in_a_success_that_came_without_one(conn):
+    key = funded_without_receipt(conn)
+    assert ledger_receipts(conn, key) == [None]
+    seq = conn.execute("SELECT MAX(seq) FROM change_log").fetchone()[0]
+    with conn:
+        applied, notices = settlement.apply_mpesa_result(conn, SITE, key, True, T0 + 2,
+                                                         "QK1ABC2DEF", "0", "ok")
+    assert applied and notices == []
+    assert row(conn, "loan_funding")["receipt"] == "QK1ABC2DEF"
+    assert ledger_receipts(conn, key) == ["QK1ABC2DEF"]
+    new = conn.execute("SELECT entity, op, payload FROM change_log WHERE seq > ?",
+                       (seq,)).fetchall()
+    # Only the action's record: no new postings, no second payout.
+    assert [(e, op) for e, op, _ in new] == [("mpesa_action", "succeeded")]
+    assert json.loads(new[0][2])["receipt"] == "QK1ABC2DEF"
+    assert conn.execute("SELECT COUNT(*) FROM mpesa_actions WHERE purpose = 'loan_payout'"
+                        ).fetchone()[0] == 1
+    assert check.run(conn) == []
+
+
+@pytest.mark.parametrize("succeeded, receipt", [(False, None), (True, "QK9ZZZ9ZZZ")])
+def test_a_contradicting_later_result_changes_nothing_and_is_logged(conn, succeeded, receipt,
+                                                                    capsys):
+    key = funded_without_receipt(conn)
+    with conn:
+        settlement.apply_mpesa_result(conn, SITE, key, True, T0 + 2, "QK1ABC2DEF", "0", "ok")
+    seq = conn.execute("SELECT MAX(seq) FROM change_log").fetchone()[0]
+    with conn:
+        applied, _ = settlement.apply_mpesa_result(conn, SITE, key, succeeded, T0 + 3, receipt,
+                                                   "0" if succeeded else "1032", "no")
+    assert not applied
+    assert (row(conn, "loan_funding")["state"], row(conn, "loan_funding")["receipt"]) == \
+        ("succeeded", "QK1ABC2DEF")
+    assert conn.execute("SELECT MAX(seq) FROM change_log").fetchone()[0] == seq
+    assert "mpesa_result_contradicts" in capsys.readouterr().out
+
+
+def test_a_success_after_a_failure_changes_nothing(conn, capsys):
+    approved_loan(conn)
+    key = row(conn, "loan_funding")["key"]
+    with conn:
+        settlement.apply_mpesa_result(conn, SITE, key, False, T0 + 1, None, "1032", "x")
+        applied, _ = settlement.apply_mpesa_result(conn, SITE, key, True, T0 + 2, "QK1ABC2DEF")
+    assert not applied and row(conn, "loan_funding")["state"] == "failed"
+    assert "mpesa_result_contradicts" in capsys.readouterr().out
+
+
+# -- the executor on the store, on trio's clock ----------------------------------------------
+
+class InlineStore:
+    """The writer's contract (one transaction per job) on one connection, run inline:
+    no thread, so the autojump clock sees the executor's timers alone."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def write(self, fn, *args):
+        with self.conn:
+            return fn(self.conn, *args)
+
+    async def read(self, fn, *args):
+        return fn(self.conn, *args)
+
+
+class Script:
+    """A Daraja client whose every answer the test chooses, and which counts calls."""
+
+    base = "http://daraja.test"
+
+    def __init__(self, pushes, queries=(), b2cs=()) -> None:
+        self.pushes, self.queries, self.b2cs = list(pushes), list(queries), list(b2cs)
+        self.calls: list[tuple[str, float]] = []
+
+    async def stk_push(self, **kw):
+        self.calls.append(("stk_push", trio.current_time()))
+        return self.pushes.pop(0)
+
+    async def stk_query(self, checkout_request_id):
+        self.calls.append(("query", trio.current_time()))
+        return self.queries.pop(0)
+
+    async def b2c(self, **kw):
+        self.calls.append(("b2c", trio.current_time()))
+        return self.b2cs.pop(0)
+
+
+POLICY = Policy(first_query=20.0, query_retry=15.0, query_retry_cap=300.0)
+
+
+def service(conn, client) -> DirectMpesa:
+    svc = DirectMpesa(InlineStore(conn), SITE, client, lambda c, notices, now: None, POLICY)
+    svc.executor.clock = trio.current_time
+    return svc
+
+
+async def test_an_stk_push_is_queried_on_time_settled_and_the_payout_follows(conn, nursery,
+                                                                             autojump_clock):
+    direct(conn)
+    loan_id = approved_loan(conn)
+    client = Script([Accepted(checkout_request_id="ws_CO_1")],
+                    [Pending("processing"), Pending("processing"),
+                     Succeeded("0", "ok", None, "ws_CO_1")],
+                    [Accepted(conversation_id="AG_1")])
+    svc = service(conn, client)
+    nursery.start_soon(svc.run)
+    await trio.sleep(3600)
+    t0 = client.calls[0][1]
+    # First query after 20 s, then 15 s and 30 s of backoff; the payout at once after.
+    assert [(k, t - t0) for k, t in client.calls] == [
+        ("stk_push", 0), ("query", 20), ("query", 35), ("query", 65), ("b2c", 65)]
+    assert lending.get_loan(conn, loan_id)["state"] == "funded"
+    assert (row(conn, "loan_funding")["state"], row(conn, "loan_funding")["receipt"]) == \
+        ("succeeded", None)
+    # The B2C waits for its ResultURL (relayed by the upstream): nothing more to send.
+    assert row(conn, "loan_payout")["state"] == "sent"
+    assert (svc.stats.sent, svc.stats.settled_ok, svc.stats.unknown) == (2, 1, 0)
+
+
+async def test_a_lost_stk_answer_stays_unknown_and_is_never_sent_again(conn, nursery,
+                                                                       autojump_clock):
+    direct(conn)
+    approved_loan(conn)
+    client = Script([Unknown("ReadError: connection reset")])
+    svc = service(conn, client)
+    nursery.start_soon(svc.run)
+    await trio.sleep(7 * 24 * 3600)
+    svc.wake()
+    await trio.sleep(3600)
+    assert [k for k, _ in client.calls] == ["stk_push"]
+    assert row(conn, "loan_funding")["state"] == "unknown"
+    assert svc.stats.unknown == 1
+    # A relayed callback still settles it (section 11), through the inbound path.
+    with conn:
+        settlement.apply_mpesa_result(conn, SITE, row(conn, "loan_funding")["key"], False,
+                                      T0, None, "1032", "Request cancelled by user")
+    assert row(conn, "loan_funding")["state"] == "failed"
+
+
+async def test_a_refused_b2c_is_sent_again_after_its_backoff(conn, nursery, autojump_clock):
+    direct(conn)
+    approved_loan(conn)
+    with conn:
+        settlement.apply_mpesa_result(conn, SITE, row(conn, "loan_funding")["key"], True, T0,
+                                      "QK1ABC2DEF")
+    client = Script([], [], [NotSent("500.003.02 Spike Arrest Violation"),
+                             Accepted(conversation_id="AG_1")])
+    svc = service(conn, client)
+    nursery.start_soon(svc.run)
+    await trio.sleep(3600)
+    t0 = client.calls[0][1]
+    assert [(k, t - t0) for k, t in client.calls] == [("b2c", 0), ("b2c", 5)]
+    assert row(conn, "loan_payout")["state"] == "sent" and svc.stats.retried == 1
+
+
+# -- the credentials file --------------------------------------------------------------------
+
+CREDS = ('consumer_key = "ck"\nconsumer_secret = "cs-SECRET"\npasskey = "pk"\n'
+         'security_credential = "sc"\n')
+
+
+def test_credentials_load_from_toml_or_json_and_never_echo_a_secret(tmp_path, capsys):
+    from gatewayd.mpesa import CredentialsError, load_credentials
+    p = tmp_path / "daraja.toml"
+    p.write_text(CREDS)
+    p.chmod(0o600)
+    assert load_credentials(str(p))["consumer_secret"] == "cs-SECRET"
+    assert "readable_by_others" not in capsys.readouterr().out
+    p.write_text(json.dumps({"consumer_key": "ck", "consumer_secret": "cs", "passkey": "pk",
+                             "security_credential": "sc"}))
+    assert load_credentials(str(p))["passkey"] == "pk"
+    p.chmod(0o644)
+    load_credentials(str(p))
+    assert "mpesa_credentials_readable_by_others" in capsys.readouterr().out
+    for text, expected in ((CREDS.replace('passkey = "pk"\n', ""), "needs passkey"),
+                           (CREDS + 'shortcode = "1"\n', "unknown keys shortcode"),
+                           (CREDS.replace('"cs-SECRET"', '"cs-SECRET'), "not valid TOML")):
+        p.write_text(text)
+        with pytest.raises(CredentialsError, match=expected) as e:
+            load_credentials(str(p))
+        assert "SECRET" not in str(e.value) and "mpesa.credentials_file" in str(e.value)
+    with pytest.raises(CredentialsError, match="No such file"):
+        load_credentials(str(tmp_path / "none.toml"))
