@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import trio
 import trio.testing
 
@@ -236,3 +237,31 @@ async def test_a_restarted_upstream_never_executes_an_action_twice(fake, tmp_pat
             n.cancel_scope.cancel()
         await sim.client.aclose()
     assert stk_sends(fake) == 1 and len(fake.payments) == 1
+
+
+async def test_box_actions_are_recorded_not_executed_and_their_callbacks_relayed(sim, box, fake):
+    """Section 11: `executor: box` actions are the box's; Daraja's callbacks for them come
+    to the upstream (the box has no public address) and go back as mpesa_result."""
+    box_b2c = action(1, B2C_KEY, kind="b2c", purpose="loan_payout", msisdn=BORROWER,
+                     amount_cents=20_000)
+    box_b2c.payload["executor"] = "box"
+    assert (await box.push(box.batch([box_b2c, action(2, STK_KEY)]))).status == 200
+    await sim.wait_for(lambda s: STK_KEY in results(s))       # the upstream's own: executed
+    assert [p for p, _ in fake.requests].count(df.B2C) == 0
+    result = {"Result": {"ResultType": 0, "ResultCode": 0, "ResultDesc": df.SUCCESS,
+                         "OriginatorConversationID": B2C_KEY, "ConversationID": "AG_1",
+                         "TransactionID": "QK7XYZ1234", "ResultParameters": {"ResultParameter": [
+                             {"Key": "TransactionReceipt", "Value": "QK7XYZ1234"}]}}}
+    async with httpx.AsyncClient() as http:
+        for body in (result, {**result, "Result": {**result["Result"], "ResultCode": 2001}}):
+            r = await http.post(f"{sim.url}/daraja/b2c/{SITE}/{B2C_KEY}/result", json=body)
+            assert r.status_code == 200
+        # A key the box never sent, and one of another site: nothing to relay.
+        await http.post(f"{sim.url}/daraja/b2c/{SITE}/site-1-mp-nobody/result", json=result)
+        await http.post(f"{sim.url}/daraja/b2c/site-9/{B2C_KEY}/result", json=result)
+    relayed = results(sim)[B2C_KEY]
+    assert (relayed["result"], relayed["receipt"], relayed["amount_cents"]) == \
+        ("succeeded", "QK7XYZ1234", 20_000)
+    assert set(results(sim)) == {STK_KEY, B2C_KEY}
+    env = decode_inbound((await box.inbound(0)).body, SITE)
+    assert {c.action_key for c in env} == {STK_KEY, B2C_KEY}
