@@ -225,6 +225,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                           _range(5, 86400)),
         "sms_validity_hours": Key(float, 24.0, "An SMS the modems have not sent this long "
                                   "after it was queued expires instead.", _range(0.05, 168)),
+        "takeover_after_seconds": Key(float, 60.0, "With SMPP enabled: the modems send while "
+                                      "the bind has been down this long, and hand back when it "
+                                      "binds; 0: never (the modems only receive).",
+                                      _range(0, 86400)),
         "mo_dedupe_seconds": Key(float, 86400.0, "An SMS whose key (sender, time stamp, "
                                  "text) was committed this recently is the modem's repeat "
                                  "and is dropped.", _range(0, 30 * 86400)),

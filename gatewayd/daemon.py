@@ -35,6 +35,7 @@ from gatewayd.ratelimit import RateLimiter
 from gatewayd.router import Router
 from gatewayd.sdnotify import Notifier
 from gatewayd.smpp_channel import SmppChannel
+from gatewayd.sms_route import SmsRoute
 from gatewayd.sync_api import SyncApp
 from gatewayd.supervisor import Supervisor, at_once, leaf
 from gatewayd.ussd import UssdService
@@ -206,14 +207,14 @@ class Daemon:
                     admin_app, f"unix:{cfg.admin_socket}", admin_done, False))
                 os.chmod(cfg.admin_socket, 0o600)
                 await nursery.start(self.supervisor.run, "sweeper", at_once(self._sweeper))
+                route = SmsRoute(cfg.modem_pool.takeover_after_seconds)
                 if cfg.smpp.enabled:
-                    self.smpp = SmppChannel(cfg.smpp, store, ussd, self._sms_job_context)
+                    self.smpp = SmppChannel(cfg.smpp, store, ussd, self._sms_job_context, route)
                     await nursery.start(self.supervisor.run, "smpp", self.smpp.run)
                 if cfg.modems:
-                    # SMPP, when enabled, sends every SMS: two feeders on one outbox
-                    # would send each twice. The modems then only receive.
-                    self.modems = ModemChannel(cfg, store, self._modem_job_context,
-                                               sends=not cfg.smpp.enabled)
+                    # One route for both: only its current sender offers outbox rows,
+                    # and never one the other holds, so no SMS goes out twice.
+                    self.modems = ModemChannel(cfg, store, self._modem_job_context, route)
                     await nursery.start(self.supervisor.run, "modems", self.modems.run)
                 if self.sync is not None and self.sync.upstream:
                     await nursery.start(self.supervisor.run, "sync_push",

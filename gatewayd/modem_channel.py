@@ -1,17 +1,18 @@
 """The modem channel: the box's own GSM modems (modem.ModemPool) as an SMS channel.
 
-One supervised task ("modems") runs the pool and, when the modems are the sending
-channel, two loops beside it:
+One supervised task ("modems") runs the pool and two loops beside it:
 
-- the feeder hands committed, queued SMS from the outbox to the pool (a bounded number
+- the feeder, while the modems are the sending channel (gatewayd/sms_route.py),
+  hands committed, queued SMS from the outbox to the pool (a bounded number
   at a time; it looks again whenever the store has committed anything, and every few
   seconds). The pool's queue is memory: after a restart the feeder hands over what is
   still queued;
 - the sweeper expires queued SMS past validity that the pool does not hold and forgets
   old dedupe keys (gatewayd.smpp_jobs.sweep, the same as SMPP's).
 
-Routing: with SMPP enabled, SMPP's feeder sends every outgoing SMS and the modems only
-receive; otherwise the modems send. Either way the modems' inbound SMS are answered.
+Routing (gatewayd/sms_route.py): with SMPP enabled, SMPP sends while bound and the
+modems take over while it has been unbound for `modem_pool.takeover_after_seconds`;
+otherwise the modems send. Either way the modems' inbound SMS are answered.
 
 Every pool event is committed in its own store transaction (`commit_job`) before the
 pool goes on: an inbound SMS leaves the SIM only after its commit returned, so a crash
@@ -30,6 +31,7 @@ import trio
 
 from gatewayd import logs, sms_answer
 from gatewayd import smpp_jobs as jobs
+from gatewayd.sms_route import MODEMS, SmsRoute
 from modem.events import Event, SendFailed, SmsIn, StatusReport, Submitted, Undecodable
 from modem.pool import ModemPool
 from store import sms as sms_store
@@ -95,12 +97,13 @@ def commit_job(conn: Any, event: Event, ctx: jobs.JobContext, now: float) -> str
 
 class ModemChannel:
     def __init__(self, cfg: Any, store: Store, job_context: Callable[[], jobs.JobContext],
-                 sends: bool) -> None:
+                 route: SmsRoute) -> None:
         p = cfg.modem_pool
         self.cfg = cfg
         self.store = store
         self.job_context = job_context
-        self.sends = sends
+        self.route = route
+        route.channels[MODEMS] = self
         self.pool = ModemPool(cfg.modems, self._commit, max_attempts=p.max_attempts,
                               min_backoff=p.backoff_min_seconds,
                               max_backoff=p.backoff_max_seconds,
@@ -121,23 +124,28 @@ class ModemChannel:
     def healthy(self) -> bool:
         return self.pool.healthy()
 
+    def can_send(self) -> bool:
+        return self.pool.healthy()
+
+    def held_ids(self) -> frozenset[int]:
+        return self._held()
+
     def summary(self) -> str:
         states = [f"{r['name']} {r['state']}" for r in self.pool.status()]
         return "; ".join(states)
 
     def status(self) -> dict[str, Any]:
-        return {"enabled": True, "sends": self.sends, "queued": self.pool.queued,
+        return {"enabled": True, "sends": self.route.current == MODEMS, "queued": self.pool.queued,
                 "held": len(self.pool.held), "modems": self.pool.status(), **self.counts}
 
     # -- the task ----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pool.run)
-            if self.sends:
-                nursery.start_soon(self._feeder)
-                nursery.start_soon(self._sweeper)
+            nursery.start_soon(self._feeder)
+            nursery.start_soon(self._sweeper)
             log.info("modems_started", modems=[c.name for c in self.pool.configs],
-                     sends=self.sends)
+                     sender=self.route.sender(trio.current_time()))
             task_status.started()
 
     async def _commit(self, event: Event) -> None:
@@ -171,11 +179,12 @@ class ModemChannel:
             room = max(4 * len(self.pool.workers), 8) - self.pool.queued
             now = trio.current_time()
             changed = self.store.stats.transactions != last_seen
-            if room > 0 and (changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
+            ours = self.route.sender(now) == MODEMS
+            if ours and room > 0 and (changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
                 last_seen, last_scan = self.store.stats.transactions, now
                 try:
                     rows = await self.store.read(sms_store.sendable, time.time(),
-                                                 self._held(), room, self.validity)
+                                                 self.route.held(), room, self.validity)
                 except StoreClosed:
                     return
                 for row in rows:
@@ -187,7 +196,7 @@ class ModemChannel:
             await trio.sleep(SWEEP_SECONDS)
             try:
                 done = await self.store.write(jobs.sweep, self.job_context(), time.time(),
-                                              self._held())
+                                              self.route.held())
             except StoreUnavailable as e:
                 log.error("modem_sweep_failed", error=str(e))
                 continue

@@ -38,6 +38,7 @@ import trio
 
 from gatewayd import logs
 from gatewayd import smpp_jobs as jobs
+from gatewayd.sms_route import SMPP, SmsRoute
 from gatewayd.smpp import receipts, sms, ussd
 from gatewayd.smpp import pdu as P
 from gatewayd.smpp.client import Esme, Inbound
@@ -63,8 +64,10 @@ MAX_BATCH = 500
 
 class SmppChannel:
     def __init__(self, smpp_cfg: Any, store: Store, ussd_service: UssdService,
-                 job_context: Callable[[], jobs.JobContext]) -> None:
+                 job_context: Callable[[], jobs.JobContext], route: SmsRoute) -> None:
         self.cfg = smpp_cfg
+        self.route = route
+        route.channels[SMPP] = self
         self.store = store
         self.ussd = ussd_service
         self.job_context = job_context
@@ -117,6 +120,12 @@ class SmppChannel:
     # -- health and status -------------------------------------------------------------
     def bound(self) -> bool:
         return bool(self.esmes) and all(s == "bound" for s in self.stats.bind_state.values())
+
+    def can_send(self) -> bool:
+        return self.bound()
+
+    def held_ids(self) -> frozenset[int]:
+        return frozenset(self._held)
 
     def bind_summary(self) -> str:
         if self.bound():
@@ -172,6 +181,7 @@ class SmppChannel:
     # -- outbound: the outbox feeder ---------------------------------------------------
     async def _feeder(self) -> None:
         last_seen, last_scan = -1, -math.inf
+        announced: str | None = None
         while True:
             depth = max(2 * self.cfg.window, int(2 * self.cfg.submit_rate), 20)
             room = depth - sum(len(p) for p in self._held.values())
@@ -179,11 +189,18 @@ class SmppChannel:
             changed = self.store.stats.transactions != last_seen
             if self._stopping:
                 return
-            if room > 0 and (changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
+            ours = self.route.sender(now) == SMPP
+            if self.route.current != announced:
+                # Logged here only (this feeder runs whenever SMPP is enabled), for any
+                # switch, whichever feeder's question made it.
+                log.warning("sms_route", sender=self.route.current, previous=announced,
+                            bind=self.bind_summary())
+                announced = self.route.current
+            if ours and room > 0 and (changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
                 last_seen, last_scan = self.store.stats.transactions, now
                 try:
                     rows = await self.store.read(sms_store.sendable, time.time(),
-                                                 frozenset(self._held), room,
+                                                 self.route.held(), room,
                                                  self.cfg.sms_validity_hours * 3600)
                 except StoreClosed:
                     return
@@ -370,7 +387,7 @@ class SmppChannel:
             await trio.sleep(SWEEP_SECONDS)
             try:
                 done = await self.store.write(jobs.sweep, self.job_context(), time.time(),
-                                              frozenset(self._held))
+                                              self.route.held())
             except (StoreUnavailable, sqlite3.Error) as e:
                 log.error("smpp_sweep_failed", error=str(e))
                 continue
