@@ -8,9 +8,10 @@ unsynced record) measured in the same run on the same hypercorn.
    (request, approval, M-PESA funding and payout, repayments and forwards, each step's
    SMS and ledger postings), registrations, language changes; one clock reading per
    store transaction; the payloads store/*.py writes.
-2. Encodes them with each codec, level and cap (CPU only), and the shipping defaults
-   with one JSON line per record instead of columns, and with what-if changes to the
-   store's records (rounded clock, keys derived from seq, no rendered SMS body).
+2. Encodes them with each codec, level and cap (CPU only); the shipping defaults with
+   one JSON line per record instead of columns; the same batches in body format 1 (plain
+   columns) with format 2's parts added one at a time; and a what-if change to the
+   store's records (no rendered SMS body).
 3. Starts a server on the daemon's hypercorn settings that answers the baseline's POSTs
    like a REST backend and our pushes like the upstream (HMAC, batch decode, signed
    ack), and talks to it over a raw socket with httpx's default headers, counting every
@@ -45,7 +46,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sync import auth  # noqa: E402
+from sync import auth, columns  # noqa: E402
 from sync.batch import (  # noqa: E402
     DEFAULT_LEVEL,
     DEFAULT_MAX_BYTES,
@@ -94,6 +95,7 @@ class Village:
     def __init__(self, seed: int) -> None:
         self.rng, self.out, self.users, self.loans = random.Random(seed), [], [], []
         self.now, self.txn = 1764316800.0, 0
+        self.run, self.keys = self.rng.getrandbits(48), 0
 
     def hop(self) -> None:   # people's pace, with time.time()'s sub-microsecond digits
         self.now += self.rng.expovariate(1 / 20.0) + self.rng.getrandbits(20) / 1e7
@@ -103,8 +105,11 @@ class Village:
         payload = {k: _ms(v) for k, v in payload.items()}
         self.out.append(Record(len(self.out) + 1, entity, key, op, payload, _ms(self.now)))
 
-    def key(self, kind: str) -> str:   # store.outbox.new_key: secrets.token_hex(6)
-        return f"{SITE}-{kind}-{self.rng.getrandbits(48):012x}"
+    def key(self, kind: str) -> str:
+        # store.outbox.new_key: the site, the kind, the process's 48-bit random run id and
+        # its counter, e.g. site-1-mp-3f9a0c1b2d4e-17 (one run: one process, no restart).
+        self.keys += 1
+        return f"{SITE}-{kind}-{self.run:012x}-{self.keys}"
 
     def user(self, u: dict, op: str) -> None:
         self.emit("user", u["m"], op, {"msisdn": u["m"], "name": u.get("name"), "lang": u["lang"],
@@ -248,25 +253,13 @@ def baseline_body(r: Record) -> bytes:
 
 
 def what_ifs(recs: list[Record]) -> dict[str, list[Record]]:
-    """The same log if the store wrote it differently (its choices, not the codec's)."""
-    def ms(v: Any) -> Any:
-        return round(v, 3) if type(v) is float else v
-    keys: dict[str, str] = {}
-
-    def seq_key(r: Record) -> str:   # e.g. site-1-sms-<seq>: unique without randomness
-        if r.entity not in ("sms", "mpesa_action"):
-            return r.key
-        return keys.setdefault(r.key, f"{r.key.rsplit('-', 1)[0]}-{r.seq}")
-    rounded = [Record(r.seq, r.entity, r.key, r.op, {k: ms(v) for k, v in r.payload.items()},
-                      ms(r.at)) for r in recs]
-    both = []
-    for r in rounded:
-        key = seq_key(r)
-        both.append(Record(r.seq, r.entity, key, r.op,
-                           {**r.payload, **({"key": key} if "key" in r.payload else {})}, r.at))
+    """The same log if the store wrote it differently (its choices, not the codec's).
+    Gone: a rounded clock (store/changelog._ms does it) and keys from seq (the store's
+    run id and counter, modelled in Village.key, compress as well: a restore from backup
+    would reuse seqs, so they cannot be keys)."""
     no_body = [Record(r.seq, r.entity, r.key, r.op,
-                      {k: v for k, v in r.payload.items() if k != "body"}, r.at) for r in both]
-    return {"keys from seq": both, "+ no SMS body": no_body}
+                      {k: v for k, v in r.payload.items() if k != "body"}, r.at) for r in recs]
+    return {"no SMS body": no_body}
 
 
 # -- CPU: codecs, levels, caps, layouts ----------------------------------------------------
@@ -294,6 +287,42 @@ def matrix(recs: list[Record]) -> list[dict[str, Any]]:
                   f"B/change, {len(bs):>3} batches, encode {x['encode_changes_per_s']:>6}/s, "
                   f"decode {x['decode_changes_per_s']:>6}/s", flush=True)
     return rows
+
+
+def format_steps(batches: list) -> dict[str, float]:
+    """Bytes per change of the same batches in body format 1 (plain columns), then with
+    format 2's parts added one at a time (sync/columns.py): what each part earns."""
+    z = zstandard.ZstdCompressor(level=DEFAULT_LEVEL["zstd"], write_content_size=True)
+    out = dict.fromkeys(["format 1: columns", "+ seq as deltas", "+ times in integer ms",
+                         "+ inheritance: format 2"], 0)
+    for b in batches:
+        recs = list(b.records)
+        frame = b.size - len(b.wire[12 + int.from_bytes(b.wire[6:8], "big"):-32])
+        # Unique keys stop inheritance; the real keys then go back in their columns.
+        body = columns.encode([Record(r.seq, r.entity, f"{r.key}\n{r.seq}", r.op, r.payload,
+                                      r.at) for r in recs], b.after)
+        rows: dict[str, list[Record]] = {}
+        for r in recs:
+            rows.setdefault(r.entity, []).append(r)
+        for e, g in body["groups"].items():
+            g["key"] = [r.key for r in rows[e]]
+        ms_times = json.loads(canonical_json(body))
+        if isinstance(body["at"], dict):   # back to plain numbers, as format 1 sent them
+            body["at"] = [r.at for r in recs]
+            for e, g in body["groups"].items():
+                for f in g.pop("times"):
+                    g["fields"][f] = [r.payload[f] for r in rows[e] if f in r.payload]
+                g["times"] = []
+        deltas = json.loads(canonical_json(body))
+        body["seq"] = [r.seq for r in recs]
+        for g in body["groups"].values():
+            g["shapes"] = [names for names, _ in g["shapes"]]
+            del g["times"]
+        for name, x in zip(out, (body, deltas, ms_times, None)):
+            raw = canonical_json(x) if x is not None else None
+            out[name] += frame + (len(z.compress(raw)) if raw else b.size - frame)
+    n = sum(b.count for b in batches)
+    return {k: round(v / n, 2) for k, v in out.items()}
 
 
 def layouts(batches: list) -> dict[str, Any]:
@@ -473,6 +502,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["chosen"] = {"codec": "zstd", "level": DEFAULT_LEVEL["zstd"], **caps,
                         "batches": len(batches), "encode_changes_per_s": round(n / encode_s)}
     result["layouts"] = layouts(batches)
+    result["format_steps"] = format_steps(batches)
     result["what_if"] = {name: round(sum(b.size for b in build_batches(v, SITE, 0, **caps)) / n, 2)
                          for name, v in what_ifs(recs).items()}
     sample = recs[::max(1, n // args.baseline_sample)] if args.baseline_sample else recs
@@ -527,6 +557,8 @@ def table(r: dict[str, Any]) -> str:
                                       for k, v in r["targets"].items()),
               "layout, B/change: " + "; ".join(f"{k}: one line per record {v['rows']}, columns "
                                                f"{v['columns']}" for k, v in r["layouts"].items()),
+              "body format, B/change: " + "; ".join(f"{k} {v}"
+                                                    for k, v in r["format_steps"].items()),
               "what if the store wrote (B/change): " + "; ".join(
                   f"{k} {v}" for k, v in r["what_if"].items())]
     lines += [f"{name}: baseline {v['baseline']} changes/s, batches {v['ours_push']} changes/s"

@@ -43,21 +43,23 @@ MIN_SIZE = _PREFIX.size + _TRAILER
 CODECS = {"zstd": 1, "gzip": 2}
 _CODEC_NAMES = {v: k for k, v in CODECS.items()}
 # From bench/sync_codec.py's figures (docs/sync-protocol.md, section 10): zstd 19 sends
-# half of gzip's bytes; 256 KiB is about 10 s of EDGE and 13% smaller per change than
-# 64 KiB. The record cap only bounds memory: about 13,000 real records fill 256 KiB.
+# 40% fewer bytes than gzip 9; 256 KiB is about 10 s of EDGE and 18% smaller per change
+# than 64 KiB. The record cap bounds memory (a full batch's encoding peaks near 70 MiB,
+# most of it zstd 19's context); with body format 2 it binds a little before the byte
+# cap for a village's records (20,000 make about 215 KiB).
 DEFAULT_LEVEL = {"zstd": 19, "gzip": 9}
 DEFAULT_MAX_BYTES = 256 << 10
 DEFAULT_MAX_RECORDS = 20_000
 # The header is a handful of integers and a site id; anything longer is not ours.
 MAX_HEADER = 1024
 # Decompression-bomb guard: a receiver never inflates more than this. A 256 KiB batch of
-# real change-log records inflates about 10x, so 16 MiB leaves room without letting a
+# real change-log records inflates about 13x, so 16 MiB leaves room without letting a
 # 1 KiB blob claim gigabytes.
 MAX_RAW = 16 << 20
 # zstd picks its window from the content size; capping it caps the decoder's memory too.
 _MAX_WINDOW = 1 << 24
-# Real change-log records shrink about 10x (bench/sync_codec.py); the first cut assumes it.
-_GUESS_RATIO = 10
+# Real change-log records shrink about 13x (bench/sync_codec.py); the first cut assumes it.
+_GUESS_RATIO = 13
 _HEADER_KEYS = {"after", "count", "first", "last", "raw_len", "raw_sha256", "site"}
 
 

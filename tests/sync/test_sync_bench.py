@@ -34,6 +34,11 @@ def test_sync_bench_runs_and_measures_both_sides(tmp_path: Path) -> None:
     assert trips["baseline"] == 3000 and trips["ours_pull"] == 2 * ours["exchanges"]
     assert set(r["targets"]) == {"bytes_50x_http", "bytes_50x_wire", "round_trips_1000x"}
     assert r["layouts"]["zstd 19"]["columns"] < r["layouts"]["zstd 19"]["rows"]
-    # Each what-if removes entropy the store puts in; each step can only shrink the batches.
-    w = list(r["what_if"].values())
-    assert len(w) == 2 and w[0] <= ours["http_bytes_per_change"] and w[1] < w[0]
+    # Each part of body format 2 earns its place on the same batches, and the last step
+    # is the shipping format itself.
+    steps = list(r["format_steps"].values())
+    assert len(set(steps)) == 4 and steps == sorted(steps, reverse=True)
+    assert steps[-1] <= ours["http_bytes_per_change"]
+    # The what-if removes entropy the store puts in: it can only shrink the batches.
+    assert list(r["what_if"]) == ["no SMS body"]
+    assert r["what_if"]["no SMS body"] < steps[-1]
