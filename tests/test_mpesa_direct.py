@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from gatewayd.mpesa import DirectMpesa
 from store import check, lending, mpesa_direct, settlement
@@ -147,30 +148,29 @@ def test_a_later_receipt_fills_in_a_success_that_came_without_one(conn):
 
 
 @pytest.mark.parametrize("succeeded, receipt", [(False, None), (True, "QK9ZZZ9ZZZ")])
-def test_a_contradicting_later_result_changes_nothing_and_is_logged(conn, succeeded, receipt,
-                                                                    capsys):
+def test_a_contradicting_later_result_changes_nothing_and_is_logged(conn, succeeded, receipt):
     key = funded_without_receipt(conn)
     with conn:
         settlement.apply_mpesa_result(conn, SITE, key, True, T0 + 2, "QK1ABC2DEF", "0", "ok")
     seq = conn.execute("SELECT MAX(seq) FROM change_log").fetchone()[0]
-    with conn:
+    with conn, capture_logs() as logged:
         applied, _ = settlement.apply_mpesa_result(conn, SITE, key, succeeded, T0 + 3, receipt,
                                                    "0" if succeeded else "1032", "no")
     assert not applied
     assert (row(conn, "loan_funding")["state"], row(conn, "loan_funding")["receipt"]) == \
         ("succeeded", "QK1ABC2DEF")
     assert conn.execute("SELECT MAX(seq) FROM change_log").fetchone()[0] == seq
-    assert "mpesa_result_contradicts" in capsys.readouterr().out
+    assert [e["event"] for e in logged] == ["mpesa_result_contradicts"]
 
 
-def test_a_success_after_a_failure_changes_nothing(conn, capsys):
+def test_a_success_after_a_failure_changes_nothing(conn):
     approved_loan(conn)
     key = row(conn, "loan_funding")["key"]
-    with conn:
+    with conn, capture_logs() as logged:
         settlement.apply_mpesa_result(conn, SITE, key, False, T0 + 1, None, "1032", "x")
         applied, _ = settlement.apply_mpesa_result(conn, SITE, key, True, T0 + 2, "QK1ABC2DEF")
     assert not applied and row(conn, "loan_funding")["state"] == "failed"
-    assert "mpesa_result_contradicts" in capsys.readouterr().out
+    assert [e["event"] for e in logged] == ["mpesa_result_contradicts"]
 
 
 # -- the executor on the store, on trio's clock ----------------------------------------------
@@ -286,19 +286,21 @@ CREDS = ('consumer_key = "ck"\nconsumer_secret = "cs-SECRET"\npasskey = "pk"\n'
          'security_credential = "sc"\n')
 
 
-def test_credentials_load_from_toml_or_json_and_never_echo_a_secret(tmp_path, capsys):
+def test_credentials_load_from_toml_or_json_and_never_echo_a_secret(tmp_path):
     from gatewayd.mpesa import CredentialsError, load_credentials
     p = tmp_path / "daraja.toml"
     p.write_text(CREDS)
     p.chmod(0o600)
-    assert load_credentials(str(p))["consumer_secret"] == "cs-SECRET"
-    assert "readable_by_others" not in capsys.readouterr().out
+    with capture_logs() as logged:
+        assert load_credentials(str(p))["consumer_secret"] == "cs-SECRET"
+    assert logged == []
     p.write_text(json.dumps({"consumer_key": "ck", "consumer_secret": "cs", "passkey": "pk",
                              "security_credential": "sc"}))
     assert load_credentials(str(p))["passkey"] == "pk"
     p.chmod(0o644)
-    load_credentials(str(p))
-    assert "mpesa_credentials_readable_by_others" in capsys.readouterr().out
+    with capture_logs() as logged:
+        load_credentials(str(p))
+    assert [e["event"] for e in logged] == ["mpesa_credentials_readable_by_others"]
     for text, expected in ((CREDS.replace('passkey = "pk"\n', ""), "needs passkey"),
                            (CREDS + 'shortcode = "1"\n', "unknown keys shortcode"),
                            (CREDS.replace('"cs-SECRET"', '"cs-SECRET'), "not valid TOML")):
