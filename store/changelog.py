@@ -21,8 +21,6 @@ def _ms(value: Any) -> Any:
 def record(conn: sqlite3.Connection, entity: str, key: str, op: str,
            payload: dict[str, Any], now: float) -> int:
     payload = {k: _ms(v) for k, v in payload.items()}
-    if entity == "mpesa_action":
-        payload["executor"] = _executor(conn, key)
     cur = conn.execute(
         "INSERT INTO change_log (entity, entity_key, op, payload, at) VALUES (?, ?, ?, ?, ?)",
         (entity, key, op, json.dumps(payload, separators=(",", ":"), sort_keys=True), _ms(now)),
@@ -40,19 +38,3 @@ def since(conn: sqlite3.Connection, seq: int, limit: int = 1000) -> list[sqlite3
 def last_seq(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT MAX(seq) FROM change_log").fetchone()
     return int(row[0] or 0)
-
-
-# The mode the daemon runs M-PESA in, kept in kv by the daemon at start ('upstream' when
-# absent): an action belongs to whoever the mode named when the action was queued.
-EXECUTOR_KV = "mpesa.executor"
-
-
-def _executor(conn: sqlite3.Connection, key: str) -> str:
-    """Who executes this action (docs/sync-protocol.md, "Direct mode"), stamped on the row
-    at its first record. Here rather than in store.outbox because every `mpesa_action`
-    record, whoever writes it, passes through this one function."""
-    conn.execute(
-        "UPDATE mpesa_actions SET executor = COALESCE((SELECT value FROM kv WHERE key = ?), "
-        "'upstream') WHERE key = ? AND executor IS NULL", (EXECUTOR_KV, key))
-    row = conn.execute("SELECT executor FROM mpesa_actions WHERE key = ?", (key,)).fetchone()
-    return row[0] if row and row[0] else "upstream"

@@ -241,8 +241,8 @@ CREATE INDEX mpesa_actions_loan ON mpesa_actions(loan_id);
 
 MIGRATIONS.append((5, "M-PESA direct mode: who runs each action, and the box's own bookkeeping", """
 -- Who executes the action: 'upstream' (it rides the batches) or 'box' (direct mode).
--- Stamped once, from kv mpesa.executor, when the action's first change-log record is
--- written (store.changelog); NULL only inside that transaction.
+-- Stamped once, from kv mpesa.executor, when the action is queued (store.outbox);
+-- NULL only for rows made before this migration ran, which it sets to upstream.
 ALTER TABLE mpesa_actions ADD COLUMN executor TEXT CHECK (executor IN ('upstream', 'box'));
 UPDATE mpesa_actions SET executor = 'upstream';
 

@@ -3,7 +3,7 @@ sync.executor.Executor runs on when the box calls Daraja itself. Actions travel 
 dicts of sync.executor.Action's fields (without `site`), since imports flow toward
 store/, never out of it; gatewayd/mpesa.py makes them Actions.
 
-Only actions stamped `executor = 'box'` are ours (store.changelog stamps each from the
+Only actions stamped `executor = 'box'` are ours (store.outbox stamps each from the
 mode at the time it was queued); the upstream runs the others. The executor's own
 bookkeeping (CheckoutRequestID, counts, when to look again) lives in `mpesa_direct`;
 the action's state lives on its row, and a change of state writes its change-log record
@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from store import changelog, lending, outbox, settlement
+from store import lending, outbox, settlement
 from store.lending import Notice
 
 OPEN = lending.OPEN_ACTION_STATES
@@ -37,7 +37,7 @@ def set_mode(conn: sqlite3.Connection, direct: bool, now: float) -> None:
     """Record the mode for actions queued from now on (the daemon, at start)."""
     conn.execute("INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) "
                  "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                 (changelog.EXECUTOR_KV, "box" if direct else "upstream", now))
+                 (outbox.EXECUTOR_KV, "box" if direct else "upstream", now))
 
 
 def _action(row: sqlite3.Row) -> dict[str, Any]:

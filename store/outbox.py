@@ -18,6 +18,10 @@ from store import changelog
 # An SMS that could not go out within a day tells the villager something stale.
 SMS_TTL_SECONDS = 24 * 3600
 
+# The mode the daemon runs M-PESA in, kept in kv by the daemon at start ('upstream' when
+# absent): docs/sync-protocol.md, "Direct mode".
+EXECUTOR_KV = "mpesa.executor"
+
 MPESA_KINDS = {"loan_funding": "stk_push", "loan_payout": "b2c",
                "repayment": "stk_push", "repayment_forward": "b2c",
                "lender_refund": "b2c", "remainder_payout": "b2c"}
@@ -65,10 +69,13 @@ def queue_mpesa(conn: sqlite3.Connection, site: str, purpose: str, loan_id: int 
                 loan_ref: str | None, msisdn: str, amount_cents: int, now: float) -> str:
     kind = MPESA_KINDS[purpose]
     key = new_key(site, "mp")
+    # Who executes it is fixed now, from the mode the daemon runs in: an action must not
+    # change hands (and so maybe be paid twice) when an operator switches modes later.
     conn.execute(
         "INSERT INTO mpesa_actions (key, kind, purpose, loan_id, msisdn, amount_cents, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (key, kind, purpose, loan_id, msisdn, amount_cents, now, now),
+        "executor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, "
+        "COALESCE((SELECT value FROM kv WHERE key = ?), 'upstream'), ?, ?)",
+        (key, kind, purpose, loan_id, msisdn, amount_cents, EXECUTOR_KV, now, now),
     )
     changelog.record(conn, "mpesa_action", key, "queued", _action_payload(
         conn.execute("SELECT * FROM mpesa_actions WHERE key = ?", (key,)).fetchone(),
@@ -82,6 +89,7 @@ def _action_payload(row: sqlite3.Row, loan_ref: str) -> dict[str, Any]:
         "loan_ref": loan_ref, "msisdn": row["msisdn"], "amount_cents": row["amount_cents"],
         "state": row["state"], "receipt": row["receipt"], "result_code": row["result_code"],
         "result_desc": row["result_desc"], "updated_at": row["updated_at"],
+        "executor": row["executor"],
     }
 
 
