@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from store import changelog, lending, settlement
+from store import changelog, lending, mpesa_direct, settlement
 from store.lending import LendingError, Notice
 
 INBOUND_CURSOR = "sync.inbound_cursor"
@@ -58,6 +58,8 @@ def apply(conn: sqlite3.Connection, site: str, changes: Iterable[Any], last_seq:
 def _apply_one(conn: sqlite3.Connection, site: str, change: Any,
                now: float) -> tuple[str, list[Notice]]:
     try:
+        if change.kind == "mpesa_result" and mpesa_direct.is_box_action(conn, change.action_key):
+            return mpesa_direct.relayed_result(conn, site, change, now)
         if change.kind == "mpesa_result":
             applied, notices = settlement.apply_mpesa_result(
                 conn, site, change.action_key, change.succeeded, now, receipt=change.receipt,

@@ -105,6 +105,41 @@ def settle(conn: sqlite3.Connection, site: str, key: str, succeeded: bool,
                                          result_code=result_code, result_desc=result_desc)
 
 
+def is_box_action(conn: sqlite3.Connection, key: str) -> bool:
+    row = conn.execute("SELECT executor FROM mpesa_actions WHERE key = ?", (key,)).fetchone()
+    return row is not None and row[0] == "box"
+
+
+def relayed_result(conn: sqlite3.Connection, site: str, change: Any,
+                   now: float) -> tuple[str, list[Notice]]:
+    """An upstream `mpesa_result` for an action this box executes: Daraja's callback,
+    relayed (docs/sync-protocol.md section 11). Returns (outcome, notices) for
+    store.inbound. Callbacks are unsigned and the relay cannot tell a forged one, so the
+    box trusts one as far as sync.executor.on_callback would: only when the id Daraja
+    gave the box for this action (CheckoutRequestID, or a B2C's ConversationID) agrees.
+    A result without ids is the upstream's own verdict (an operator reading the M-PESA
+    statement) and is applied like any upstream result."""
+    row = conn.execute(_SELECT + "WHERE a.key = ?", (change.action_key,)).fetchone()
+    stk = row["kind"] == "stk_push"
+    mine = row["checkout_request_id"] if stk else row["conversation_id"]
+    theirs = change.checkout_request_id if stk else change.conversation_id
+    if theirs is not None:
+        if row["state"] == "queued" and (stk or not row["sends"]):
+            return "refused:not_sent", []          # it never reached Daraja from here
+        if mine is not None and theirs != mine:
+            return "refused:id_mismatch", []
+        if mine is None and stk and row["state"] in OPEN:
+            # The push's answer was lost, so the box never learnt its id. The callback
+            # lends it one; the executor's STK query asks Daraja whether it really paid.
+            save(conn, {**_action(row), "checkout_request_id": theirs, "state": "sent",
+                        "not_before": now, "note": "id from a relayed callback"}, now)
+            return "id_adopted", []
+    applied, notices = settlement.apply_mpesa_result(
+        conn, site, change.action_key, change.succeeded, now, receipt=change.receipt,
+        result_code=change.result_code, result_desc=change.result_desc)
+    return ("applied" if applied else "already_settled"), notices
+
+
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Actions by executor and state, for status."""
     return {f"{e}_{s}": n for e, s, n in conn.execute(

@@ -197,6 +197,10 @@ class MpesaResult(InboundChange):
     result_code: str | None = None
     result_desc: str | None = None
     amount_cents: int | None = None
+    # Daraja's names for the payment, on a callback relayed for a box in direct mode:
+    # the box settles only a result whose ids agree with what Daraja told it (section 11).
+    checkout_request_id: str | None = None
+    conversation_id: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -288,7 +292,8 @@ _FIELDS: dict[str, tuple[type[InboundChange], dict[str, Any], dict[str, Any]]] =
     "mpesa_result": (MpesaResult,
                      {"action_key": _text(_ID), "result": _one_of("succeeded", "failed")},
                      {"receipt": _text(_RECEIPT), "result_code": _code,
-                      "result_desc": _text(None), "amount_cents": _amount}),
+                      "result_desc": _text(None), "amount_cents": _amount,
+                      "checkout_request_id": _text(_ID), "conversation_id": _text(_ID)}),
     "money_received": (MoneyReceived,
                        {"msisdn": _msisdn, "amount_cents": _amount, "receipt": _text(_RECEIPT)},
                        {"at": _at}),

@@ -103,6 +103,7 @@ class Succeeded:
     result_desc: str
     receipt: str | None = None    # the STK query never carries one; callbacks do
     checkout_request_id: str | None = None
+    conversation_id: str | None = None   # a B2C result's: what Daraja named the payment
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Failed:
     result_code: str
     result_desc: str
     checkout_request_id: str | None = None
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -302,12 +304,14 @@ def parse_b2c_result(obj: Any) -> Succeeded | Failed | Pending | None:
     if code == "15":
         # The verdict on a *repeat* of an OriginatorConversationID, not on the payment.
         return Pending(desc)
+    conversation = str(r["ConversationID"]) if r.get("ConversationID") else None
     if code != "0":
-        return Failed(code, desc)
+        return Failed(code, desc, conversation_id=conversation)
     params = ((r.get("ResultParameters") or {}).get("ResultParameter")) or []
     meta = {p.get("Key"): p.get("Value") for p in params if isinstance(p, dict)}
     receipt = meta.get("TransactionReceipt") or r.get("TransactionID")
-    return Succeeded(code, desc, str(receipt) if receipt else None)
+    return Succeeded(code, desc, str(receipt) if receipt else None,
+                     conversation_id=conversation)
 
 
 # -- the client ----------------------------------------------------------------------------

@@ -143,7 +143,7 @@ class UpstreamStore:
         return json.loads(row[0])
 
     def add_result(self, site: str, r: Result, amount_cents: int | None,
-                   need_receipt: bool = True) -> bool:
+                   need_receipt: bool = True, ids: dict[str, str | None] | None = None) -> bool:
         """An executor result as an inbound change (section 7); False when not added.
         One change per action here (UNIQUE), so for the actions it runs itself the
         upstream waits for a success's receipt: the STK query carries none, the callback
@@ -154,7 +154,7 @@ class UpstreamStore:
         change = {"seq": seq, "id": f"up-{seq}", "kind": "mpesa_result", "action_key": r.key,
                   "result": "succeeded" if r.succeeded else "failed", "receipt": r.receipt,
                   "result_code": r.result_code, "result_desc": r.result_desc or None,
-                  "amount_cents": amount_cents if r.succeeded else None}
+                  "amount_cents": amount_cents if r.succeeded else None, **(ids or {})}
         change = {k: v for k, v in change.items() if v is not None}
         try:   # the box's own validator: never hand it a change it will refuse
             decode_inbound({"v": 1, "site": site, "after": seq - 1, "changes": [change]}, site)
@@ -323,7 +323,12 @@ class UpstreamSim:
             return
         ok = isinstance(o, daraja.Succeeded)
         r = Result(key, ok, o.receipt if ok else None, o.result_code, o.result_desc)
-        if self.store.add_result(site, r, action.get("amount_cents"), need_receipt=False):
+        # Daraja's ids go along: the callback is unsigned, and only the box knows which
+        # CheckoutRequestID or ConversationID Daraja gave it for this action.
+        ids = {"checkout_request_id": o.checkout_request_id,
+               "conversation_id": o.conversation_id}
+        if self.store.add_result(site, r, action.get("amount_cents"), need_receipt=False,
+                                 ids=ids):
             _log("relayed", site=site, key=key, result="succeeded" if ok else "failed")
             self._changed.set()
             self._changed = trio.Event()

@@ -310,3 +310,70 @@ def test_credentials_load_from_toml_or_json_and_never_echo_a_secret(tmp_path):
         assert "SECRET" not in str(e.value) and "mpesa.credentials_file" in str(e.value)
     with pytest.raises(CredentialsError, match="No such file"):
         load_credentials(str(tmp_path / "none.toml"))
+
+
+# -- results relayed by the upstream (section 11) ------------------------------------------
+
+def relay(conn, key: str, seq: int, **fields) -> str:
+    """An upstream `mpesa_result` for `key`, through the box's own validator and apply."""
+    from store import inbound
+    from sync.checkpoint import decode_inbound
+    change = {"seq": seq, "id": f"up-{seq}", "kind": "mpesa_result", "action_key": key,
+              "result": "succeeded", "receipt": "QK9RELAY01", "result_code": "0", **fields}
+    env = decode_inbound({"v": 1, "site": SITE, "after": seq - 1, "changes": [change]}, SITE)
+    with conn:
+        counts, _ = inbound.apply(conn, SITE, env.changes, seq, T0 + seq)
+    [(outcome, _)] = counts.items()
+    return outcome
+
+
+def sent_stk(conn, checkout: str | None) -> dict:
+    direct(conn)
+    approved_loan(conn)
+    a = mpesa_direct.open_actions(conn)[0]
+    state = "sent" if checkout else "unknown"
+    with conn:
+        mpesa_direct.save(conn, {**a, "state": state, "sends": 1,
+                                 "checkout_request_id": checkout}, T0 + 1)
+    return a
+
+
+def test_a_relayed_callback_naming_another_checkout_id_settles_nothing(conn):
+    a = sent_stk(conn, "ws_CO_mine")
+    assert relay(conn, a["key"], 1, checkout_request_id="ws_CO_forged") == "refused:id_mismatch"
+    assert row(conn, "loan_funding")["state"] == "sent"
+    assert relay(conn, a["key"], 2, checkout_request_id="ws_CO_mine") == "applied"
+    assert row(conn, "loan_funding")["state"] == "succeeded"
+    assert check.run(conn) == []
+
+
+def test_a_relayed_callback_lends_its_id_to_a_lost_push_and_the_query_decides(conn):
+    a = sent_stk(conn, None)            # the push's answer was lost: no CheckoutRequestID
+    assert mpesa_direct.open_actions(conn) == []
+    assert relay(conn, a["key"], 1, checkout_request_id="ws_CO_told") == "id_adopted"
+    funding = row(conn, "loan_funding")
+    assert funding["state"] == "sent" and funding["receipt"] is None     # not settled
+    [due] = mpesa_direct.open_actions(conn)                              # to be queried
+    assert (due["key"], due["checkout_request_id"]) == (a["key"], "ws_CO_told")
+
+
+def test_a_relayed_callback_for_a_push_never_sent_is_a_strangers(conn):
+    direct(conn)
+    approved_loan(conn)
+    key = row(conn, "loan_funding")["key"]
+    assert relay(conn, key, 1, checkout_request_id="ws_CO_x") == "refused:not_sent"
+    assert row(conn, "loan_funding")["state"] == "queued"
+
+
+def test_a_b2c_result_is_checked_by_its_conversation_id(conn):
+    a = sent_stk(conn, "ws_CO_mine")
+    assert relay(conn, a["key"], 1, checkout_request_id="ws_CO_mine") == "applied"
+    payout = mpesa_direct.load(conn, row(conn, "loan_payout")["key"])
+    with conn:
+        mpesa_direct.save(conn, {**payout, "state": "sent", "sends": 1,
+                                 "conversation_id": "AG_20261128_mine"}, T0 + 5)
+    assert relay(conn, payout["key"], 2, conversation_id="AG_other") == "refused:id_mismatch"
+    assert row(conn, "loan_payout")["state"] == "sent"
+    # Without ids it is the upstream's own verdict (from the statement): applied.
+    assert relay(conn, payout["key"], 3) == "applied"
+    assert row(conn, "loan_payout")["state"] == "succeeded"
