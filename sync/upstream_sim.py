@@ -50,6 +50,7 @@ from sync.checkpoint import (
     Ack,
     InboundError,
     SyncConflict,
+    decode_ack,
     decode_inbound,
 )
 from sync.executor import DEFAULT_POLICY, Action, Executor, Policy, Result
@@ -75,13 +76,27 @@ class UpstreamStore:
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")    # U moves only with its records (9)
         self.db.executescript(SCHEMA)
+        if "pending_ack" not in {r[1] for r in self.db.execute("PRAGMA table_info(sites)")}:
+            # An ack sent in pull mode whose answer never came, kept across a restart of
+            # this process (the box's checkpoint may still be behind U). An upstream.db
+            # from before this column gets it here.
+            self.db.execute("ALTER TABLE sites ADD COLUMN pending_ack TEXT")
         for s in sites:
-            self.db.execute("INSERT OR IGNORE INTO sites VALUES (?, 0, 0, 0)", (s,))
+            self.db.execute("INSERT OR IGNORE INTO sites (site, checkpoint, inbound_seq, "
+                            "box_cursor) VALUES (?, 0, 0, 0)", (s,))
 
     def site(self, site: str) -> dict[str, int]:
         row = self.db.execute("SELECT checkpoint, inbound_seq, box_cursor FROM sites "
                               "WHERE site = ?", (site,)).fetchone()
         return dict(zip(("checkpoint", "inbound_seq", "box_cursor"), row))
+
+    def pending_ack(self, site: str) -> Ack | None:
+        row = self.db.execute("SELECT pending_ack FROM sites WHERE site = ?", (site,)).fetchone()
+        return decode_ack(row[0].encode()) if row and row[0] else None
+
+    def set_pending_ack(self, site: str, a: Ack | None) -> None:
+        self.db.execute("UPDATE sites SET pending_ack = ? WHERE site = ?",
+                        (a.to_json().decode() if a else None, site))
 
     def apply_batch(self, site: str, b: Batch, execute: bool = True) -> int:
         """Section 8: one transaction per batch; records above U in order, then U. Returns
@@ -360,16 +375,20 @@ class UpstreamSim:
         # or every later ack would name a batch that leaves a hole for the box (409).
         box_checkpoint: int | None = None
         # An ack whose answer never came: sent again first, even when the box has nothing
-        # new, so an idle box's checkpoint still catches up.
-        pending_ack: Ack | None = None
+        # new, so an idle box's checkpoint still catches up; stored, so that a restart of
+        # this process (which forgets box_checkpoint) still sends it.
+        pending_ack = self.store.pending_ack(site)
 
         async def ack(a: Ack) -> None:
             nonlocal box_checkpoint, pending_ack
-            pending_ack = a
+            if pending_ack != a:
+                pending_ack = a
+                self.store.set_pending_ack(site, a)
             st, body = await call("POST", "/sync/ack", a.to_json())
             if st in (200, 409):    # either way the box names its checkpoint
                 box_checkpoint = json.loads(body)["checkpoint"]
                 pending_ack = None
+                self.store.set_pending_ack(site, None)
 
         while True:
             more = False

@@ -38,6 +38,8 @@ class BoxSyncApi:
         self.cursor, self.applied = 0, {}
         self.refused: list[str] = []
         self.changed = trio.Event()
+        self.acks_seen = 0
+        self.cut_acks = False       # every ack request is cut before the box reads it
 
     async def wait_for(self, predicate: Callable[[BoxSyncApi], bool], timeout: float = 10) -> None:
         with trio.fail_after(timeout):
@@ -79,6 +81,9 @@ class BoxSyncApi:
             b = self.outbound.build([r for r in self.records if r.seq > after], after)
             return (200, b.wire) if b else (204, b"")
         if (method, path) == ("POST", "/sync/ack"):
+            self.acks_seen += 1
+            if self.cut_acks:
+                return 502, b"{}"
             try:
                 self.outbound.on_ack(decode_ack(body))
             except SyncConflict as e:
@@ -141,3 +146,39 @@ async def test_in_pull_the_upstream_adopts_a_wrong_box_clock(nursery, fake, tmp_
     await box.wait_for(lambda b: b.outbound.checkpoint == 1)
     assert box.refused[:1] == ["stale"] and box.refused.count("stale") == 1
     assert sim.store.state(SITE)["records"] == 1
+
+
+async def test_an_ack_pending_when_the_upstream_restarts_is_sent_by_the_next_run(
+        nursery, fake, tmp_path):
+    """Every ack is lost before the box reads it, and the upstream restarts holding all
+    of the box's records. The box is idle: with nothing after U to fetch, only the ack
+    kept on disk can bring its checkpoint up (without it the lag stays for good)."""
+    import hypercorn.config
+    import hypercorn.trio
+    box = BoxSyncApi(RECORDS)
+    box.cut_acks = True
+    hc = hypercorn.config.Config()
+    hc.bind, hc.accesslog = ["127.0.0.1:0"], None
+    box_url = (await nursery.start(lambda task_status: hypercorn.trio.serve(
+        box, hc, task_status=task_status)))[0]
+
+    def sim() -> UpstreamSim:
+        return UpstreamSim(str(tmp_path / "up.db"), {SITE: KEY},
+                           DarajaClient(fake.url, daraja_config()), policy=FAST)
+
+    async with trio.open_nursery() as first:
+        s1 = sim()
+        await first.start(lambda task_status: s1.serve(
+            "127.0.0.1:0", pulls={SITE: box_url}, poll=0.02, task_status=task_status))
+        await box.wait_for(lambda b: b.acks_seen >= 2 and s1.store.site(SITE)["checkpoint"] == 5)
+        first.cancel_scope.cancel()                     # the upstream goes down
+    assert box.outbound.checkpoint < 5
+    assert s1.store.pending_ack(SITE) is not None
+
+    box.cut_acks = False
+    s2 = sim()
+    await nursery.start(lambda task_status: s2.serve(
+        "127.0.0.1:0", pulls={SITE: box_url}, poll=0.02, task_status=task_status))
+    await box.wait_for(lambda b: b.outbound.checkpoint == 5)
+    assert s2.store.pending_ack(SITE) is None
+    assert s2.store.state(SITE)["records"] == 5
