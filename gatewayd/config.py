@@ -246,8 +246,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                _range(4096, 1 << 20)),
         "max_batch_records": Key(int, 20000, "Cap on the records in one batch.",
                                  _range(1, 100000)),
-        "zstd_level": Key(int, 19, "zstd level for batches (19: ~19 B a change; 9 needs less "
-                          "memory for ~18% more bytes).", _range(1, 22)),
+        "zstd_level": Key(int, 19, "zstd level for batches (19: ~12 B a change; 9 needs less "
+                          "memory for ~20% more bytes).", _range(1, 22)),
+        "retry_base_seconds": Key(float, 5.0, "After a failed push or probe, wait a random "
+                                  "time up to this, doubling with each failure (full "
+                                  "jitter: boxes that lost backhaul together do not call "
+                                  "together when it returns).", _range(0.05, 3600)),
+        "retry_max_seconds": Key(float, 900.0, "The longest such wait.", _range(0.1, 86400)),
         "window_seconds": Key(int, 300, "How far request timestamps may be from our clock.",
                               _range(30, 3600)),
     },

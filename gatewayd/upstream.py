@@ -52,4 +52,6 @@ def build(sync_cfg: Any, key_path: str, site: str, store: Store, ussd: Any) -> S
         store, site, load_key(key_path), notice_sink(ussd),
         upstream=sync_cfg.upstream_url or None, max_records=sync_cfg.max_batch_records,
         max_bytes=sync_cfg.max_batch_bytes, level=sync_cfg.zstd_level,
-        idle_poll_seconds=sync_cfg.idle_poll_seconds, window_seconds=sync_cfg.window_seconds)
+        idle_poll_seconds=sync_cfg.idle_poll_seconds, window_seconds=sync_cfg.window_seconds,
+        retry_base_seconds=sync_cfg.retry_base_seconds,
+        retry_max_seconds=sync_cfg.retry_max_seconds)

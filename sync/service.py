@@ -60,10 +60,12 @@ class SyncService:
                  upstream: str | None = None, max_records: int = 20_000,
                  max_bytes: int = 256 * 1024, level: int | None = None,
                  idle_poll_seconds: float = 60.0, window_seconds: int = 300,
+                 retry_base_seconds: float = 5.0, retry_max_seconds: float = 900.0,
                  rng: random.Random | None = None) -> None:
         self.store, self.site, self.key, self.notices = store, site, key, notices
         self.upstream = upstream.rstrip("/") if upstream else None
         self.idle_poll_seconds = idle_poll_seconds
+        self.retry_base_seconds, self.retry_max_seconds = retry_base_seconds, retry_max_seconds
         self.verifier = Verifier({site: key}, window_seconds=window_seconds)
         self.outbound = Outbound(site, 0, max_records=max_records, max_bytes=max_bytes,
                                  level=level)
@@ -157,7 +159,8 @@ class SyncService:
                     self.stats.failures += 1
                     self.stats.backhaul = False
                     self.stats.last_error = f"{type(e).__name__}: {e}"
-                    delay = retry_delay(failures, self.rng)
+                    delay = retry_delay(failures, self.rng, self.retry_base_seconds,
+                                        self.retry_max_seconds)
                     log.warning("sync_push_failed", error=self.stats.last_error,
                                 retry_in=round(delay, 1))
                     await trio.sleep(delay)

@@ -221,3 +221,37 @@ async def test_push_delivers_everything_once_through_failures(store, nursery):
     lag = await svc.lag()
     assert lag["records"] == 0 and lag["seconds"] == 0.0 and lag["inbound_cursor"] == 1
     nursery.cancel_scope.cancel()
+
+
+class Bounds(random.Random):
+    """Records each full-jitter bound the push loop draws from, and waits no time."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.bounds: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.bounds.append((a, b))
+        return 0.0
+
+
+async def test_push_retries_draw_from_the_configured_base_and_cap(store, nursery):
+    await _seed(store, 2)
+    upstream = Upstream(fail_first=3)
+    port = free_port()
+    hc = hypercorn.config.Config()
+    hc.bind = [f"127.0.0.1:{port}"]
+    hc.accesslog = hc.errorlog = None
+    await nursery.start(hypercorn.trio.serve, upstream, hc)
+    rng = Bounds()
+    svc = SyncService(store, SITE, KEY, no_notices, upstream=f"http://127.0.0.1:{port}",
+                      idle_poll_seconds=0.05, retry_base_seconds=0.2, retry_max_seconds=0.5,
+                      rng=rng)
+    await svc.load()
+    nursery.start_soon(svc.push_loop)
+    with trio.fail_after(20):
+        while svc.outbound.checkpoint < 2:
+            await trio.sleep(0.02)
+    # base × 2^failures, capped: 0.4, then 0.8 and 1.6 held to 0.5.
+    assert rng.bounds == [(0, 0.4), (0, 0.5), (0, 0.5)]
+    nursery.cancel_scope.cancel()
