@@ -63,6 +63,10 @@ def setup(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         stream=stream or sys.stdout, format="%(name)s %(levelname)s %(message)s",
                         force=True)
+    # httpx logs every request at INFO: the sync push loop's idle polls and the M-PESA
+    # executor's queries would put a line of no news in the journal every few seconds;
+    # the daemon's own sync_* and mpesa_* events say what happened.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def get(name: str = "gatewayd") -> Any:
