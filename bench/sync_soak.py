@@ -4,7 +4,7 @@ at random (seeded); then the link heals and the run waits for everything to sett
 
     .venv/bin/python bench/sync_soak.py [--villagers 24] [--duration 30] [--seed 1]
         [--rates cut_response=0.08,delay=0.1,...] [--spacing 2] [--converge 120]
-        [--mode push|pull] [--keep]
+        [--mode push|pull] [--retry-base 5] [--keep]
 
 Every part is a process, as in tests/test_e2e_sync.py: `gatewayd run`, `gatewayd
 upstream-sim`, the fake Daraja (tests/peers/daraja_fake.py), and between the box and the
@@ -25,7 +25,8 @@ bench/results/sync-soak-<timestamp>.json (`--out`). Exit status 1 on any problem
 
 Reading the figures: in push mode the box backs off uniform(0, 5 s x 2^k) after its
 k-th failed call in a row (sync/checkpoint.retry_delay), so a hard fault costs about
-5 s of a window and a 30 s window holds only a handful; a longer --duration gets more.
+5 s of a window and a 30 s window holds only a handful; a longer --duration gets more,
+and so does a smaller base (--retry-base, the box's `sync.retry_base_seconds`).
 --spacing keeps k at 1. In pull mode (--mode pull: the box serves /sync only, and the
 upstream polls it every 0.05 s through the link) there is no back-off and hundreds of
 requests are broken a minute. Convergence is timed from the heal to the moment both
@@ -123,7 +124,8 @@ class Stack:
     pull: the box serves /sync only; the upstream polls it (`--pull`) through the link."""
 
     def __init__(self, tmp: Path, plan: Plan | None = None, *, mode: str = "push",
-                 idle_poll: float = 0.2, pull_poll: float = 0.05) -> None:
+                 idle_poll: float = 0.2, pull_poll: float = 0.05,
+                 retry_base: float = 5.0) -> None:
         self.tmp, self.mode = tmp, mode
         self.upstream_db = tmp / "upstream.db"
         self.fake = self.sim = self.link = self.daemon = None
@@ -135,7 +137,7 @@ class Stack:
         config = ("[rate_limit]\nhops_per_minute = 10000\nburst = 1000\n"
                   "[lending]\nmax_open_requests = 50\n"
                   f'[sync]\nenabled = true\nkey_file = "{key_file}"\n'
-                  f"idle_poll_seconds = {idle_poll}\n")
+                  f"idle_poll_seconds = {idle_poll}\nretry_base_seconds = {retry_base}\n")
         try:
             self.fake = Peer(tmp, "daraja", "tests/peers/daraja_fake.py", "--port", "0")
             sim_args += ["--daraja", self.fake.url]
@@ -432,15 +434,17 @@ def compare_views(box: dict[str, dict[str, Any]], up: dict[str, dict[str, Any]],
 
 def soak(tmp: Path, *, villagers: int = 24, duration: float = 30.0, seed: int = 1,
          rates: dict[str, float] | None = None, spacing: int = 2, converge: float = 120.0,
-         scripted: bool = True, mode: str = "push", say=lambda *a: None) -> dict[str, Any]:
+         scripted: bool = True, mode: str = "push", retry_base: float = 5.0,
+         say=lambda *a: None) -> dict[str, Any]:
     """The whole run; returns what happened and what was found (`problems`)."""
     plan = Plan(seed=seed, rates=dict(DEFAULT_RATES if rates is None else rates),
                 spacing=spacing)
     t0 = time.monotonic()
-    stack = Stack(tmp, plan, mode=mode)
+    stack = Stack(tmp, plan, mode=mode, retry_base=retry_base)
     result: dict[str, Any] = {"params": {"mode": mode, "villagers": villagers,
                                          "duration_s": duration, "seed": seed,
-                                         "rates": plan.rates, "spacing": spacing},
+                                         "rates": plan.rates, "spacing": spacing,
+                                         "retry_base_s": retry_base},
                               "problems": []}
     try:
         link = stack.link
@@ -590,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="clean requests after each hard fault (the box's back-off grows "
                         "with failures in a row)")
     p.add_argument("--converge", type=float, default=120.0, help="seconds to wait after heal")
+    p.add_argument("--retry-base", type=float, default=5.0,
+                   help="the box's sync.retry_base_seconds (smaller: more faults a minute)")
     p.add_argument("--no-scripted", action="store_true",
                    help="only the random plan (by default each dangerous fault hits a push once)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, both dbs)")
@@ -599,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="sync-soak-"))
     r = soak(tmp, villagers=a.villagers, duration=a.duration, seed=a.seed, rates=rates,
              spacing=a.spacing, converge=a.converge, scripted=not a.no_scripted, mode=a.mode,
+             retry_base=a.retry_base,
              say=lambda *x: print(*x, flush=True))
     r.pop("_raw")
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / \
