@@ -77,7 +77,7 @@ def _mpesa_mode(s: dict[str, Any]) -> str:
     if m.get("mode") != "direct":
         return " · via the upstream"
     return (f" · direct to {m['daraja']}: {m['sent']} sent, "
-            f"{m['settled_ok'] + m['settled_failed']} settled, {m['unknown']} unknown")
+            f"{m['settled_ok'] + m['settled_failed']} settled by its query, {m['unknown']} unknown")
 
 
 def render_status(s: dict[str, Any]) -> str:
