@@ -287,6 +287,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                    "type the PIN).", _range(0, 600)),
         "query_retry_seconds": Key(float, 15.0, "Then asks again after this, doubling up "
                                    "to 5 minutes.", _range(0.01, 600)),
+        "status_after_seconds": Key(float, 600.0, "How long a payout (B2C) waits for "
+                                    "Daraja's result before the box asks for it with the "
+                                    "Transaction Status query; then again, doubling up to 6 "
+                                    "hours. The payout is never sent twice.",
+                                    _range(0.01, 86400)),
     },
     "log": {
         "level": Key(str, "info", "debug, info, warning or error.",

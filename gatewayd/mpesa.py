@@ -89,6 +89,8 @@ def daraja_config(m: Any, secrets: dict[str, str]) -> daraja.DarajaConfig:
         security_credential=secrets["security_credential"],
         result_url=base + "/daraja/b2c/{site}/{key}/result",
         timeout_url=base + "/daraja/b2c/{site}/{key}/timeout",
+        status_result_url=base + "/daraja/status/{site}/{key}/result",
+        status_timeout_url=base + "/daraja/status/{site}/{key}/timeout",
         transaction_type=m.transaction_type, command_id=m.command_id)
 
 
@@ -100,6 +102,7 @@ class DirectStats:
     unknown: int = 0           # an STK push whose answer was lost: reconciled, never resent
     retried: int = 0           # to be sent again: refused before anything happened (token,
                                # throttle, link), or a B2C whose answer was lost
+    status_queries: int = 0    # a B2C without its result, asked about (Transaction Status)
 
 
 class DirectMpesa:
@@ -138,6 +141,9 @@ class DirectMpesa:
             self.stats.sent += 1
         elif a.state == "queued" and a.note.startswith(("not sent", "answer lost")):
             self.stats.retried += 1
+        elif a.note.startswith("status query"):
+            self.stats.status_queries += 1
+            log.info("mpesa_status_query", key=a.key, n=a.status_queries, note=a.note)
         elif a.state == "unknown" and a.note.startswith("answer lost"):
             self.stats.unknown += 1
             log.warning("mpesa_action_unknown", key=a.key, reason=a.note)
@@ -182,5 +188,6 @@ async def build(cfg: Any, store: Store, ussd: Any) -> DirectMpesa | None:
         return None
     client = daraja.DarajaClient(m.daraja_url, daraja_config(m, secrets),
                                  http=httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=15.0)))
-    policy = Policy(first_query=m.first_query_seconds, query_retry=m.query_retry_seconds)
+    policy = Policy(first_query=m.first_query_seconds, query_retry=m.query_retry_seconds,
+                    status_after=m.status_after_seconds)
     return DirectMpesa(store, cfg.site.id, client, notice_sink(ussd), policy)

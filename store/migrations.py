@@ -268,6 +268,12 @@ ALTER TABLE ledger_txns ADD COLUMN action_key TEXT;
 CREATE INDEX ledger_txns_action ON ledger_txns(action_key) WHERE action_key IS NOT NULL;
 """))
 
+MIGRATIONS.append((6, "M-PESA direct mode: Transaction Status queries counted per action", """
+-- A B2C whose result callback never came is asked about with Daraja's Transaction
+-- Status query (sync.executor.StatusQuery); how many were made, for operators and backoff.
+ALTER TABLE mpesa_direct ADD COLUMN status_queries INTEGER NOT NULL DEFAULT 0;
+"""))
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -28,7 +28,8 @@ OPEN = lending.OPEN_ACTION_STATES
 _SELECT = (
     "SELECT a.id, a.key, a.kind, a.msisdn, a.amount_cents, a.purpose, a.state, a.receipt, "
     "a.result_code, a.result_desc, l.ref AS loan_ref, d.checkout_request_id, "
-    "d.merchant_request_id, d.conversation_id, d.sends, d.queries, d.not_before, d.note "
+    "d.merchant_request_id, d.conversation_id, d.sends, d.queries, d.status_queries, "
+    "d.not_before, d.note "
     "FROM mpesa_actions a LEFT JOIN loans l ON l.id = a.loan_id "
     "LEFT JOIN mpesa_direct d ON d.action_id = a.id ")
 
@@ -44,19 +45,20 @@ def _action(row: sqlite3.Row) -> dict[str, Any]:
     a = dict(row)
     del a["id"]
     a.update(sends=a["sends"] or 0, queries=a["queries"] or 0,
-             not_before=a["not_before"] or 0.0, note=a["note"] or "")
+             status_queries=a["status_queries"] or 0, not_before=a["not_before"] or 0.0, note=a["note"] or "")
     return a
 
 
 def open_actions(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:
-    """The box's open actions that a step could move, oldest first. Left out: those
-    only a callback or a statement can settle (an STK push whose answer was lost, so
-    with no CheckoutRequestID to query; a B2C accepted and waiting for its ResultURL),
-    which no amount of looking again would change."""
+    """The box's open actions that a step could move, oldest first: queued ones, STK
+    pushes to query, and B2Cs accepted and waiting for their ResultURL, which the
+    Transaction Status query settles when that callback is lost (the executor waits
+    for each one's `not_before`). Left out: an STK push whose answer was lost, with no
+    CheckoutRequestID to query, which only a callback or a statement can settle."""
     rows = conn.execute(
-        _SELECT + "WHERE a.executor = 'box' AND (a.state = 'queued' OR (a.kind = 'stk_push' "
-        "AND a.state IN ('sent', 'unknown') AND d.checkout_request_id IS NOT NULL)) "
-        "ORDER BY a.id LIMIT ?", (limit,))
+        _SELECT + "WHERE a.executor = 'box' AND (a.state = 'queued' OR (a.kind = 'b2c' "
+        "AND a.state = 'sent') OR (a.kind = 'stk_push' AND a.state IN ('sent', 'unknown') "
+        "AND d.checkout_request_id IS NOT NULL)) ORDER BY a.id LIMIT ?", (limit,))
     return [_action(r) for r in rows]
 
 
@@ -76,16 +78,17 @@ def save(conn: sqlite3.Connection, a: dict[str, Any], now: float) -> bool:
         raise ValueError(f"{key}: not an action this box executes")
     conn.execute(
         "INSERT INTO mpesa_direct (action_id, checkout_request_id, merchant_request_id, "
-        "conversation_id, sends, queries, not_before, note, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (action_id) DO UPDATE SET "
+        "conversation_id, sends, queries, status_queries, not_before, note, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (action_id) DO UPDATE SET "
         "checkout_request_id = excluded.checkout_request_id, "
         "merchant_request_id = excluded.merchant_request_id, "
         "conversation_id = excluded.conversation_id, sends = excluded.sends, "
-        "queries = excluded.queries, not_before = excluded.not_before, note = excluded.note, "
+        "queries = excluded.queries, status_queries = excluded.status_queries, "
+        "not_before = excluded.not_before, note = excluded.note, "
         "updated_at = excluded.updated_at",
         (row["id"], a.get("checkout_request_id"), a.get("merchant_request_id"),
          a.get("conversation_id"), a.get("sends", 0), a.get("queries", 0),
-         a.get("not_before", 0.0), (a.get("note") or "")[:256], now))
+         a.get("status_queries", 0), a.get("not_before", 0.0), (a.get("note") or "")[:256], now))
     # Terminal states are written by settle(), with their postings; here only the moves
     # between open states, and never out of a state the store already settled.
     if state not in OPEN or row["state"] not in OPEN or state == row["state"]:

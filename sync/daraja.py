@@ -29,6 +29,11 @@ TOKEN_PATH = "/oauth/v1/generate?grant_type=client_credentials"
 STK_PUSH_PATH = "/mpesa/stkpush/v1/processrequest"
 STK_QUERY_PATH = "/mpesa/stkpushquery/v1/query"
 B2C_PATH = "/mpesa/b2c/v3/paymentrequest"
+# The Transaction Status query (reconciles a B2C whose result callback never came) lives
+# in sync/daraja_status.py, whose docstring records what was confirmed about it and
+# where, and what stays unsure: POST /mpesa/transactionstatus/v1/query, asynchronous;
+# the verdict's ResultParameters carry ReceiptNo, TransactionStatus ("Completed") and
+# the payment's own ConversationID, while Result.ConversationID names the query.
 # A token lives 3600 s ("expires_in": "3599"); renewing a minute early means a request
 # never leaves with a token that expires on the way.
 TOKEN_MARGIN = 60.0
@@ -76,6 +81,9 @@ class DarajaConfig:
     security_credential: str = ""
     result_url: str = ""
     timeout_url: str = ""
+    # The Transaction Status query's ResultURL / QueueTimeOutURL (sync/daraja_status.py).
+    status_result_url: str = ""
+    status_timeout_url: str = ""
     transaction_type: str = "CustomerPayBillOnline"
     command_id: str = "BusinessPayment"
 
@@ -104,6 +112,7 @@ class Succeeded:
     receipt: str | None = None    # the STK query never carries one; callbacks do
     checkout_request_id: str | None = None
     conversation_id: str | None = None   # a B2C result's: what Daraja named the payment
+    originator_conversation_id: str | None = None   # a status result's: what we named it
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ class Failed:
     result_desc: str
     checkout_request_id: str | None = None
     conversation_id: str | None = None
+    originator_conversation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -390,6 +400,15 @@ class DarajaClient:
         body = b2c_body(self.cfg, site=site, key=key, msisdn=msisdn, amount_cents=amount_cents,
                         remarks=remarks, occasion=occasion)
         return await self._post(B2C_PATH, body, classify_b2c)
+
+    async def transaction_status(self, *, site: str, key: str,
+                                 receipt: str | None = None) -> Outcome:
+        """Ask about the B2C of action `key`; the verdict comes to the status ResultURL."""
+        # Imported here: sync.daraja_status builds on this module's outcomes.
+        from sync import daraja_status
+        body = daraja_status.status_body(self.cfg, site=site, key=key, receipt=receipt,
+                                         originator_conversation_id=originator_conversation_id(key))
+        return await self._post(daraja_status.STATUS_PATH, body, daraja_status.classify_status)
 
 
 class DarajaAuthError(Exception):

@@ -12,11 +12,16 @@ happened -> back to `queued`. An `unknown` without a CheckoutRequestID has nothi
 query; a callback (received upstream: the CallBackURL names the action) or a statement
 settles it. A B2C carries a caller-chosen OriginatorConversationID derived from the
 action key, so resending it after a lost answer is harmless (Daraja refuses the
-duplicate and pays once); its result arrives at the ResultURL.
+duplicate and pays once); its result arrives at the ResultURL. That callback often
+never comes, so a B2C `sent` for `status_after` without a verdict is asked about with
+Daraja's Transaction Status query (sync/daraja_status.py), again with backoff; its
+verdict comes by callback to the action's status URL and is trusted like the B2C
+result. The B2C itself is never sent again on this path.
 
     queued --send--> sent (CheckoutRequestID) --query/callback--> succeeded | failed
        |  \\--refused (token, throttled, no connection)--> queued, later
        \\--answer lost--> unknown (STK push; B2C stays queued and is sent again)
+    sent (B2C) --status_after--> status query --callback--> succeeded | failed
 
 Results are `Result(key, succeeded, receipt, result_code, result_desc)`, the arguments
 `store.settlement.apply_mpesa_result` takes after its connection and site; the shell
@@ -56,6 +61,11 @@ class Policy:
     first_query: float = 20.0
     query_retry: float = 15.0
     query_retry_cap: float = 300.0
+    # A B2C result usually comes within seconds; ten minutes without one means it was
+    # lost. Then the Transaction Status query, doubling to six hours: each one is a
+    # billed API call, and a payment Daraja still holds "in progress" can take hours.
+    status_after: float = 600.0
+    status_retry_cap: float = 6 * 3600.0
 
     @staticmethod
     def backoff(base: float, cap: float, attempt: int) -> float:
@@ -83,6 +93,7 @@ class Action:
     result_desc: str | None = None
     sends: int = 0
     queries: int = 0
+    status_queries: int = 0            # B2C: Transaction Status queries made
     not_before: float = 0.0
     note: str = ""                     # the last thing that happened, for operators
 
@@ -119,13 +130,18 @@ class Query:
 
 
 @dataclass(frozen=True)
+class StatusQuery:
+    receipt: str | None = None         # none while the result is missing: the key names it
+
+
+@dataclass(frozen=True)
 class Wait:
     until: float | None                # None: only a callback or a statement can help
 
 
 # -- the pure core ---------------------------------------------------------------------------
 
-def next_step(a: Action, now: float) -> Send | Query | Wait:
+def next_step(a: Action, now: float) -> Send | Query | StatusQuery | Wait:
     if a.state in TERMINAL_STATES:
         return Wait(None)
     if a.not_before > now:
@@ -134,8 +150,10 @@ def next_step(a: Action, now: float) -> Send | Query | Wait:
         return Send()
     if a.kind == "stk_push" and a.checkout_request_id:
         return Query(a.checkout_request_id)
-    # An STK push that may have gone out without our learning its CheckoutRequestID, or
-    # a B2C accepted and waiting for its ResultURL: nothing here may send anything.
+    if a.kind == "b2c" and a.state == "sent":
+        return StatusQuery(a.receipt)
+    # An STK push that may have gone out without our learning its CheckoutRequestID:
+    # nothing here may send anything.
     return Wait(None)
 
 
@@ -160,7 +178,8 @@ def after_send(a: Action, o: Outcome, now: float,
         return replace(a, state="sent", checkout_request_id=o.checkout_request_id,
                        merchant_request_id=o.merchant_request_id,
                        conversation_id=o.conversation_id or a.conversation_id,
-                       not_before=now + policy.first_query if a.kind == "stk_push" else 0.0,
+                       not_before=now + (policy.first_query if a.kind == "stk_push"
+                                         else policy.status_after),
                        note="accepted again (duplicate)" if o.duplicate else "accepted"), None
     if isinstance(o, Failed):
         return _settle(a, o)
@@ -188,8 +207,22 @@ def after_query(a: Action, o: Outcome, now: float,
                                                    policy.query_retry_cap, n)), None
 
 
+def after_status_query(a: Action, o: Outcome, now: float,
+                       policy: Policy = DEFAULT_POLICY) -> tuple[Action, Result | None]:
+    """The synchronous answer to a Transaction Status query. It never settles: even a
+    definite refusal is about the question (a bad id, a wrong initiator), not the
+    payment, and the verdict comes to the status ResultURL. Whatever it says, ask again
+    later, further apart each time."""
+    n = a.status_queries + 1
+    what = "asked" if isinstance(o, Accepted) else getattr(o, "reason", None) or repr(o)
+    return replace(a, status_queries=n, note=f"status query {n}: {what}"[:256],
+                   not_before=now + policy.backoff(policy.status_after,
+                                                   policy.status_retry_cap, n + 1)), None
+
+
 def on_callback(a: Action, o: Outcome | None, now: float) -> tuple[Action, Result | None]:
-    """A result POSTed by Daraja to the CallBackURL or ResultURL of this action.
+    """A result POSTed by Daraja to the CallBackURL or ResultURL of this action, or to
+    its status ResultURL (a B2C's Transaction Status verdict).
 
     Callbacks are unauthenticated, so one for an STK push whose CheckoutRequestID we
     never learnt does not settle it: it only lends the id, and the next step asks
@@ -218,6 +251,10 @@ def on_callback(a: Action, o: Outcome | None, now: float) -> tuple[Action, Resul
             return a, None
     elif a.state == "queued" and a.sends == 0:
         return a, None        # never sent by us: not ours to settle
+    elif (o.conversation_id and a.conversation_id and o.conversation_id != a.conversation_id) \
+            or o.originator_conversation_id not in (None, daraja.originator_conversation_id(a.key)):
+        # Another payment's verdict (the box checks relayed ones the same way).
+        return a, None
     return _settle(a, o)
 
 
@@ -296,6 +333,9 @@ class Executor:
         if isinstance(s, Query):
             o = await self.client.stk_query(s.checkout_request_id)
             return await self._finish(*after_query(a, o, self.clock(), self.policy))
+        if isinstance(s, StatusQuery):
+            o = await self.client.transaction_status(site=a.site, key=a.key, receipt=s.receipt)
+            return await self._finish(*after_status_query(a, o, self.clock(), self.policy))
         return a
 
     async def callback(self, a: Action, o: Outcome | None) -> Action:
@@ -303,8 +343,12 @@ class Executor:
         async with self._lock:
             if self.load is not None:
                 a = await self.load(a.site, a.key) or a
-            a, result = on_callback(a, o, self.clock())
-            a = await self._finish(a, result)
+            new, result = on_callback(a, o, self.clock())
+            if new is a:
+                # Ignored or no verdict (a status "in progress"): nothing to write, and
+                # rewriting the last step's note would count it twice (gatewayd.mpesa).
+                return a
+            a = await self._finish(new, result)
         self.wake()
         return a
 

@@ -11,9 +11,11 @@ prints {"event": "listening", "url": ..., "port": N}. It serves
     POST /v1/sites/{site}/batches?inbound_after=N    a box pushes a batch (6.1)
     GET  /v1/sites/{site}/inbound?after=N            a box asks for its inbound changes
     GET  /v1/sites/{site}/state                      counts for tests (unsigned: keep local)
-    POST /daraja/stk/{site}/{key}, /daraja/b2c/{site}/{key}/result|timeout
-                                                     Daraja's callbacks for each action:
-                                                     run here, or relayed to the box
+    POST /daraja/stk/{site}/{key}, /daraja/b2c/{site}/{key}/result|timeout,
+         /daraja/status/{site}/{key}/result|timeout  Daraja's callbacks for each action
+                                                     (status: the Transaction Status
+                                                     verdict on a B2C): run here, or
+                                                     relayed to the box
 
 and with --pull it also polls a box's own sync API (6.2). An `mpesa_action` record in
 state `queued` is executed once per (site, key) with sync/executor.py; its result
@@ -43,7 +45,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from sync import auth, daraja
+from sync import auth, daraja, daraja_status
 from sync.batch import Batch, BatchError, canonical_json, decode_batch
 from sync.checkpoint import (
     MAX_INBOUND_CHANGES,
@@ -320,12 +322,21 @@ class UpstreamSim:
             obj = None
         site, key = parts[2], parts[3]
         found = self.store.actions(site, key)
+        result = parts[4:] == ["result"]
         outcome = (daraja.parse_stk_callback(obj) if parts[1] == "stk" else
-                   daraja.parse_b2c_result(obj) if parts[1] == "b2c" and parts[4:] == ["result"]
+                   daraja.parse_b2c_result(obj) if parts[1] == "b2c" and result else
+                   daraja_status.parse_status_result(obj) if parts[1] == "status" and result
                    else None)
         if found:
             await self.executor.callback(found[0], outcome)
         elif site in self.keys and (box := self.store.box_action(site, key)) is not None:
+            if parts[1] == "status" and isinstance(outcome, (daraja.Succeeded, daraja.Failed)) \
+                    and not outcome_names_payment(outcome, key):
+                # A status verdict that does not name the payment (its ConversationID) is
+                # not relayed: the box would take it for an operator's, and it can ask
+                # Daraja again itself.
+                _log("status_not_relayed", site=site, key=key)
+                outcome = None
             self._relay(site, key, box, outcome)
         await _answer(send, 200, b'{"ResultCode":0,"ResultDesc":"Accepted"}')
 
@@ -434,11 +445,19 @@ class UpstreamSim:
             self.client.cfg = replace(self.client.cfg,
                                       callback_url=base + "/daraja/stk/{site}/{key}",
                                       result_url=base + "/daraja/b2c/{site}/{key}/result",
-                                      timeout_url=base + "/daraja/b2c/{site}/{key}/timeout")
+                                      timeout_url=base + "/daraja/b2c/{site}/{key}/timeout",
+                                      status_result_url=base + "/daraja/status/{site}/{key}/result",
+                                      status_timeout_url=base
+                                      + "/daraja/status/{site}/{key}/timeout")
             n.start_soon(self.executor.run)
             for site, box in (pulls or {}).items():
                 n.start_soon(self.pull, site, box, http, poll)
             task_status.started(self.url)
+
+
+def outcome_names_payment(o: daraja.Succeeded | daraja.Failed, key: str) -> bool:
+    return bool(o.conversation_id) and o.originator_conversation_id in (
+        None, daraja.originator_conversation_id(key))
 
 
 def _log(event: str, **kw: Any) -> bool:
@@ -467,6 +486,8 @@ def main(argv: list[str] | None = None, prog: str = "upstream-sim") -> int:
     p.add_argument("--direct", action="append", default=[], metavar="SITE",
                    help="a site that runs its own M-PESA actions (direct mode): not executed here")
     p.add_argument("--first-query", type=float, default=Policy.first_query)
+    p.add_argument("--status-after", type=float, default=Policy.status_after,
+                   help="seconds a B2C waits for its result before the Transaction Status query")
     for name, default in (("consumer-key", "gatewayd-test-key"),
                           ("consumer-secret", "gatewayd-test-secret"),
                           ("shortcode", "174379"), ("passkey", "gatewayd-test-passkey"),
@@ -482,7 +503,8 @@ def main(argv: list[str] | None = None, prog: str = "upstream-sim") -> int:
 
     async def run() -> None:
         sim = UpstreamSim(a.db, keys, daraja.DarajaClient(a.daraja, cfg),
-                          policy=Policy(first_query=a.first_query), direct=frozenset(a.direct))
+                          policy=Policy(first_query=a.first_query,
+                                        status_after=a.status_after), direct=frozenset(a.direct))
         async with trio.open_nursery() as n:
             url = await n.start(lambda task_status: sim.serve(
                 a.listen, pulls=pulls, public_url=a.public_url, poll=a.poll,

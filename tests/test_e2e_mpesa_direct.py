@@ -33,7 +33,8 @@ def rows(d) -> list[dict]:
     return json.loads(r.stdout)["actions"]
 
 
-def test_direct_mode_funds_and_pays_out_a_loan_and_never_resends_a_lost_stk_push(tmp_path):
+def peers(tmp_path, mpesa_extra: str = "") -> tuple[Peer, Peer, DaemonProcess]:
+    """The fake Daraja, the reference upstream and a daemon in direct mode (not started)."""
     fake = Peer(tmp_path, "daraja", "tests/peers/daraja_fake.py", "--port", "0")
     sim = Peer(tmp_path, "upstream", "-m", "gatewayd", "upstream-sim", "--listen",
                "127.0.0.1:0", "--daraja", fake.url, "--site", f"site-1:{KEY.hex()}",
@@ -51,17 +52,27 @@ def test_direct_mode_funds_and_pays_out_a_loan_and_never_resends_a_lost_stk_push
         f'[mpesa]\nmode = "direct"\ndaraja_url = "{fake.url}"\ncredentials_file = "{creds}"\n'
         f'shortcode = "{df.SHORTCODE}"\nb2c_shortcode = "{df.B2C_SHORTCODE}"\n'
         f'initiator_name = "{df.INITIATOR}"\ncallback_base_url = "{sim.url}"\n'
-        "first_query_seconds = 0\nquery_retry_seconds = 0.05\n"
+        "first_query_seconds = 0\nquery_retry_seconds = 0.05\n" + mpesa_extra +
         "[rate_limit]\nhops_per_minute = 1000\nburst = 100\n"))
+    return fake, sim, d
+
+
+def fund_a_loan(d) -> tuple[Phone, Phone]:
+    amina, baraka = Phone(d, "0712345678"), Phone(d, "0722000111")
+    amina.run("1", "Amina", "1357", "1357", "1", "0722000111", "5000", "500", "1")
+    assert baraka.run("1", "Baraka", "2468", "2468", "3", "1", "1", "2468") \
+        .startswith("END Approved.")
+    return amina, baraka
+
+
+def test_direct_mode_funds_and_pays_out_a_loan_and_never_resends_a_lost_stk_push(tmp_path):
+    fake, sim, d = peers(tmp_path)
     # The STK callback would reach the upstream too; without it only the box's own
     # query can settle an STK push, which is what this test is about.
     control(fake, "callbacks", on=False, kind="stk_push")
     d.start()
     try:
-        amina, baraka = Phone(d, "0712345678"), Phone(d, "0722000111")
-        amina.run("1", "Amina", "1357", "1357", "1", "0722000111", "5000", "500", "1")
-        assert baraka.run("1", "Baraka", "2468", "2468", "3", "1", "1", "2468") \
-            .startswith("END Approved.")
+        amina, baraka = fund_a_loan(d)
 
         # Funding: the box's STK push, settled by its STK query (no receipt in it).
         # Payout: the box's B2C, settled by the ResultURL callback the upstream relays.
@@ -121,3 +132,34 @@ def test_direct_mode_funds_and_pays_out_a_loan_and_never_resends_a_lost_stk_push
     assert {p["executor"] for p in payloads} == {"box"}
     log = "\n".join(d.lines)
     assert df.SECRET not in log and df.PASSKEY not in log
+
+
+def test_a_payout_whose_result_is_lost_is_settled_by_the_status_query_the_upstream_relays(
+        tmp_path):
+    """Daraja pays the borrower but its B2C result never comes. The box asks with the
+    Transaction Status query; the verdict goes to the upstream's status URL, which
+    relays it over sync like the B2C result; the payout is made once."""
+    fake, sim, d = peers(tmp_path, "status_after_seconds = 0.3\n")
+    control(fake, "callbacks", on=False, kind="stk_push")
+    control(fake, "callbacks", on=False, kind="b2c")
+    d.start()
+    try:
+        fund_a_loan(d)
+        until(lambda: ("loan_payout", "succeeded") in actions(d), "the payout settled")
+        state = fake_state(fake)
+        [paid] = [p for p in state["payments"] if p["kind"] == "b2c"]
+        payout = next(a for a in rows(d) if a["purpose"] == "loan_payout")
+        assert payout["receipt"] == paid["receipt"]
+        assert state["requests_by_path"][df.B2C] == 1
+        assert state["requests_by_path"][df.STATUS] >= 1
+        delivered = {c["url"].split("/daraja/")[1].split("/")[0] for c in state["callbacks"]
+                     if c["delivered"]}
+        assert delivered == {"status"}
+        assert json.loads(d.gatewayd("status", "--json").stdout)["mpesa"]["status_queries"] >= 1
+        up = httpx.get(f"{sim.url}/v1/sites/site-1/state").json()
+        assert up["actions"] == {} and [c["action_key"] for c in up["inbound"]] == [payout["key"]]
+    finally:
+        d.stop()
+        sim.stop()
+        fake.stop()
+    assert d.gatewayd("db", "check").returncode == 0

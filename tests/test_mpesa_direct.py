@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from gatewayd.mpesa import DirectMpesa
 from store import check, lending, mpesa_direct, settlement
 from sync.daraja import Accepted, NotSent, Pending, Succeeded, Unknown
-from sync.executor import Policy
+from sync.executor import Action, Policy
 
 SITE = "site-1"
 BORROWER, LENDER = "254711111111", "254722222222"
@@ -198,6 +198,7 @@ class Script:
     def __init__(self, pushes, queries=(), b2cs=()) -> None:
         self.pushes, self.queries, self.b2cs = list(pushes), list(queries), list(b2cs)
         self.calls: list[tuple[str, float]] = []
+        self.status_keys: list[str] = []
 
     async def stk_push(self, **kw):
         self.calls.append(("stk_push", trio.current_time()))
@@ -210,6 +211,12 @@ class Script:
     async def b2c(self, **kw):
         self.calls.append(("b2c", trio.current_time()))
         return self.b2cs.pop(0)
+
+    async def transaction_status(self, *, site, key, receipt=None):
+        # Accepted: the verdict would come to the status ResultURL, via the upstream.
+        self.calls.append(("status", trio.current_time()))
+        self.status_keys.append(key)
+        return Accepted(conversation_id="AG_status")
 
 
 POLICY = Policy(first_query=20.0, query_retry=15.0, query_retry_cap=300.0)
@@ -233,15 +240,24 @@ async def test_an_stk_push_is_queried_on_time_settled_and_the_payout_follows(con
     nursery.start_soon(svc.run)
     await trio.sleep(3600)
     t0 = client.calls[0][1]
-    # First query after 20 s, then 15 s and 30 s of backoff; the payout at once after.
+    # First query after 20 s, then 15 s and 30 s of backoff; the payout at once after,
+    # and, its result never coming, the Transaction Status query 10 minutes later, then
+    # 20 minutes after that.
     assert [(k, t - t0) for k, t in client.calls] == [
-        ("stk_push", 0), ("query", 20), ("query", 35), ("query", 65), ("b2c", 65)]
+        ("stk_push", 0), ("query", 20), ("query", 35), ("query", 65), ("b2c", 65),
+        ("status", 665), ("status", 1865)]
     assert lending.get_loan(conn, loan_id)["state"] == "funded"
     assert (row(conn, "loan_funding")["state"], row(conn, "loan_funding")["receipt"]) == \
         ("succeeded", None)
-    # The B2C waits for its ResultURL (relayed by the upstream): nothing more to send.
-    assert row(conn, "loan_payout")["state"] == "sent"
-    assert (svc.stats.sent, svc.stats.settled_ok, svc.stats.unknown) == (2, 1, 0)
+    # The B2C waits for its ResultURL (relayed by the upstream): never sent again.
+    payout = mpesa_direct.load(conn, row(conn, "loan_payout")["key"])
+    assert (payout["state"], payout["sends"], payout["status_queries"]) == ("sent", 1, 2)
+    assert client.status_keys == [payout["key"]] * 2
+    assert (svc.stats.sent, svc.stats.settled_ok, svc.stats.unknown,
+            svc.stats.status_queries) == (2, 1, 0, 2)
+    # A status verdict saying "in progress" (relayed or not) changes and counts nothing.
+    same = await svc.executor.callback(Action(site=SITE, **payout), Pending("status: Pending"))
+    assert same.state == "sent" and svc.stats.status_queries == 2
 
 
 async def test_a_lost_stk_answer_stays_unknown_and_is_never_sent_again(conn, nursery,
@@ -276,7 +292,8 @@ async def test_a_refused_b2c_is_sent_again_after_its_backoff(conn, nursery, auto
     nursery.start_soon(svc.run)
     await trio.sleep(3600)
     t0 = client.calls[0][1]
-    assert [(k, t - t0) for k, t in client.calls] == [("b2c", 0), ("b2c", 5)]
+    assert [(k, t - t0) for k, t in client.calls] == [("b2c", 0), ("b2c", 5), ("status", 605),
+                                                       ("status", 1805)]
     assert row(conn, "loan_payout")["state"] == "sent" and svc.stats.retried == 1
 
 
@@ -377,3 +394,42 @@ def test_a_b2c_result_is_checked_by_its_conversation_id(conn):
     # Without ids it is the upstream's own verdict (from the statement): applied.
     assert relay(conn, payout["key"], 3) == "applied"
     assert row(conn, "loan_payout")["state"] == "succeeded"
+
+
+def test_a_sent_b2c_is_due_for_its_status_query_and_a_relayed_status_verdict_settles_it(conn):
+    a = sent_stk(conn, "ws_CO_mine")
+    assert relay(conn, a["key"], 1, checkout_request_id="ws_CO_mine") == "applied"
+    payout = mpesa_direct.load(conn, row(conn, "loan_payout")["key"])
+    with conn:
+        mpesa_direct.save(conn, {**payout, "state": "sent", "sends": 1, "status_queries": 2,
+                                 "conversation_id": "AG_20261128_mine",
+                                 "not_before": T0 + 600}, T0 + 5)
+    # The executor is handed it, to ask Daraja when it is due (not_before).
+    [due] = mpesa_direct.open_actions(conn)
+    assert (due["key"], due["status_queries"], due["not_before"]) == \
+        (payout["key"], 2, T0 + 600)
+    # The upstream relays the status verdict with the payment's ConversationID.
+    assert relay(conn, payout["key"], 2, receipt="SB7STATUS1",
+                 conversation_id="AG_20261128_mine") == "applied"
+    assert (row(conn, "loan_payout")["state"], row(conn, "loan_payout")["receipt"]) == \
+        ("succeeded", "SB7STATUS1")
+    assert mpesa_direct.open_actions(conn) == [] and check.run(conn) == []
+
+
+def test_migration_6_counts_status_queries_on_a_box_from_version_5(db_path, monkeypatch):
+    from store import migrations
+    from store.writer import connect
+    c = connect(db_path)
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
+    monkeypatch.setattr(migrations, "LATEST", 5)
+    migrations.migrate(c)
+    direct(c)
+    approved_loan(c)
+    with c:
+        c.execute("INSERT INTO mpesa_direct (action_id, sends, updated_at) "
+                  "SELECT id, 1, 0 FROM mpesa_actions")
+    monkeypatch.undo()
+    assert migrations.migrate(c) == [6]
+    [a] = mpesa_direct.open_actions(c)
+    assert (a["sends"], a["status_queries"]) == (1, 0)
+    c.close()

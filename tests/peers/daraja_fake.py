@@ -17,7 +17,17 @@ for a subprocess; GET /_fake/state reads payments and callbacks back):
 - throttle_next(n): 429 with 500.003.02 (spike arrest) before doing anything.
 - slow(path, seconds): do the work, then wait before answering.
 - expire_tokens(); callbacks(on, kind=None): deliver results to CallBackURL / ResultURL
-  or not (kind "stk_push" or "b2c": that kind only).
+  or not (kind "stk_push", "b2c" or "status": that kind only). With "b2c" off, a B2C
+  is paid but its result is lost, and only the Transaction Status query settles it.
+- forget(id): the Transaction Status query no longer finds that B2C (by its
+  OriginatorConversationID or receipt), as if M-PESA never heard of it.
+
+Transaction Status (sync/daraja_status.py says where each shape comes from): a query
+names a B2C by TransactionID (its receipt) or OriginalConversationID; it is accepted at
+once and the verdict is POSTed to its ResultURL: TransactionStatus "Completed" with the
+receipt for a paid one, "Failed" for one M-PESA refused (scripted result_code), "Pending"
+while held. For an id it does not know it sends a non-zero ResultCode: Daraja's answer
+there is undocumented, and this stand-in only has to be something that is not a verdict.
 
 B2C idempotency, as Daraja documents it: a repeated OriginatorConversationID is
 refused with HTTP 500 {"errorCode": "500.002.1001", "errorMessage": "Duplicate
@@ -53,6 +63,8 @@ B2C_SHORTCODE, INITIATOR, CREDENTIAL = "600999", "gatewaydapi", "c2VjdXJpdHktY3J
 TOKEN = "/oauth/v1/generate"
 STK, QUERY, B2C = "/mpesa/stkpush/v1/processrequest", "/mpesa/stkpushquery/v1/query", \
     "/mpesa/b2c/v3/paymentrequest"
+STATUS = "/mpesa/transactionstatus/v1/query"
+NOT_FOUND = ("R000002", "The transaction could not be found (the fake's stand-in)")
 _PHONE = re.compile(r"254[17][0-9]{8}")
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 _EAT = timezone(timedelta(hours=3))
@@ -79,9 +91,10 @@ class DarajaFake:
         self.scripts: list[dict[str, Any]] = []
         self.faults: dict[str, list[tuple[str, Any]]] = {}
         self.throttled = 0
-        self.deliver_callbacks = {"stk_push": True, "b2c": True}
+        self.deliver_callbacks = {"stk_push": True, "b2c": True, "status": True}
         self.checkouts: dict[str, dict[str, Any]] = {}
         self.b2c: dict[str, dict[str, Any]] = {}
+        self.forgotten: set[str] = set()
         self.payments: list[dict[str, Any]] = []
         self.callbacks_sent: list[dict[str, Any]] = []
         self.requests: list[tuple[str, dict[str, Any] | None]] = []
@@ -114,6 +127,9 @@ class DarajaFake:
     def callbacks(self, on: bool, kind: str | None = None) -> None:
         for k in [kind] if kind else list(self.deliver_callbacks):
             self.deliver_callbacks[k] = on
+
+    def forget(self, id: str) -> None:
+        self.forgotten.add(id)
 
     def release(self, id: str | None = None) -> None:
         for t in list(self.checkouts.values()) + list(self.b2c.values()):
@@ -197,7 +213,8 @@ class DarajaFake:
             return fault[1], _error("500.003.1001", "Internal Server Error"), None
         if path == TOKEN and method == "GET":
             return (*self._token(scope, headers), None)
-        routes = {STK: self._stk_push, QUERY: self._query, B2C: self._b2c}
+        routes = {STK: self._stk_push, QUERY: self._query, B2C: self._b2c,
+                  STATUS: self._status}
         if path not in routes or method != "POST":
             return 404, _error("404.002.01", "Resource not found"), None
         bearer = headers.get("authorization", "")
@@ -318,6 +335,67 @@ class DarajaFake:
                      "ResponseCode": "0",
                      "ResponseDescription": "Accept the service request successfully."}
 
+    # -- Transaction Status ------------------------------------------------------------------
+    def _status(self, obj: dict) -> tuple[int, dict]:
+        tid, ocid = obj.get("TransactionID"), obj.get("OriginalConversationID")
+        checks = {
+            "Initiator": obj.get("Initiator") == INITIATOR,
+            "SecurityCredential": obj.get("SecurityCredential") == CREDENTIAL,
+            "CommandID": obj.get("CommandID") == "TransactionStatusQuery",
+            "PartyA": str(obj.get("PartyA")) == B2C_SHORTCODE,
+            "IdentifierType": str(obj.get("IdentifierType")) == "4",
+            "TransactionID": tid is None or (isinstance(tid, str) and 0 < len(tid) <= 20),
+            "OriginalConversationID": (ocid is None and tid is not None)
+                                      or (isinstance(ocid, str) and 0 < len(ocid) <= 64),
+            "ResultURL": isinstance(obj.get("ResultURL"), str)
+                         and bool(_URL.fullmatch(obj["ResultURL"])),
+            "QueueTimeOutURL": isinstance(obj.get("QueueTimeOutURL"), str)
+                               and bool(_URL.fullmatch(obj["QueueTimeOutURL"])),
+            "Remarks": isinstance(obj.get("Remarks"), str) and 0 < len(obj["Remarks"]) <= 100,
+        }
+        bad = next((k for k, ok in checks.items() if not ok), None)
+        if bad:
+            return 400, _error("400.002.02", f"Bad Request - Invalid {bad}")
+        n = next(self._ids)
+        query = {"ocid": f"{41000 + n}-{27000000 + n}-1",
+                 "conversation": f"AG_{datetime.now(_EAT):%Y%m%d}_{secrets.token_hex(10)}"}
+        t = self.b2c.get(ocid) if ocid else next(
+            (b for b in self.b2c.values() if b.get("receipt") == tid), None)
+        if t is not None and (t["id"] in self.forgotten or t.get("receipt") in self.forgotten):
+            t = None
+        self._nursery.start_soon(self._status_result, query, t, obj["ResultURL"])
+        return 200, {"OriginatorConversationID": query["ocid"],
+                     "ConversationID": query["conversation"], "ResponseCode": "0",
+                     "ResponseDescription": "Accept the service request successfully."}
+
+    async def _status_result(self, query: dict, t: dict | None, url: str) -> None:
+        r: dict[str, Any] = {"ResultType": 0, "ResultCode": 0, "ResultDesc": SUCCESS,
+                             "OriginatorConversationID": query["ocid"],
+                             "ConversationID": query["conversation"],
+                             "TransactionID": "OAA0000000"}
+        if t is None:
+            r["ResultCode"], r["ResultDesc"] = NOT_FOUND
+        else:
+            status = ("Pending" if t["state"] != "done" else
+                      "Completed" if t["result_code"] == 0 else "Failed")
+            now = int(f"{datetime.now(_EAT):%Y%m%d%H%M%S}")
+            params = [{"Key": "DebitPartyName", "Value": f"{B2C_SHORTCODE} - Gatewayd Test"},
+                      {"Key": "CreditPartyName", "Value": f"{t['msisdn']} - Customer"},
+                      {"Key": "Originator Conversation ID", "Value": t["id"]},
+                      {"Key": "InitiatedTime", "Value": now},
+                      {"Key": "ReasonType", "Value": "Business Payment to Customer via API"},
+                      {"Key": "TransactionStatus", "Value": status},
+                      {"Key": "Amount", "Value": t["amount"]},
+                      {"Key": "Conversation ID", "Value": t["conversation"]}]
+            if status == "Completed":
+                params += [{"Key": "FinalisedTime", "Value": now},
+                           {"Key": "ReceiptNo", "Value": t["receipt"]}]
+            r["ResultParameters"] = {"ResultParameter": params}
+        r["ReferenceData"] = {"ReferenceItem": {"Key": "Occasion"}}
+        if self.deliver_callbacks["status"]:
+            await self._post_callback(t["id"] if t else query["ocid"], "status", url,
+                                      {"Result": r})
+
     # -- outcomes and callbacks --------------------------------------------------------------
     def _outcome(self, msisdn: str, amount: int) -> dict[str, Any]:
         s = next((s for s in self.scripts if s["msisdn"] in (None, msisdn)
@@ -365,10 +443,13 @@ class DarajaFake:
                     {"Key": "TransactionReceipt", "Value": t["receipt"]},
                     {"Key": "B2CRecipientIsRegisteredCustomer", "Value": "Y"}]}
             payload = {"Result": r}
-        record = {"id": t["id"], "url": t["url"], "delivered": False}
+        await self._post_callback(t["id"], t["kind"], t["url"], payload)
+
+    async def _post_callback(self, id: str, kind: str, url: str, payload: dict) -> None:
+        record = {"id": id, "kind": kind, "url": url, "delivered": False}
         try:
             async with httpx.AsyncClient(timeout=5) as c:
-                record["delivered"] = (await c.post(t["url"], json=payload)).status_code < 300
+                record["delivered"] = (await c.post(url, json=payload)).status_code < 300
         except httpx.HTTPError:
             pass    # Daraja does not retry a callback: nor do we
         self.callbacks_sent.append(record)

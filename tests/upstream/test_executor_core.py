@@ -8,23 +8,34 @@ from dataclasses import replace
 import pytest
 
 from store import settlement
-from sync.daraja import Accepted, Failed, NotSent, Pending, Succeeded, Unknown
+from sync.daraja import (
+    Accepted,
+    Failed,
+    NotSent,
+    Pending,
+    Succeeded,
+    Unknown,
+    originator_conversation_id,
+)
 from sync.executor import (
     Action,
     Policy,
     Query,
     Result,
     Send,
+    StatusQuery,
     Wait,
     after_query,
     after_send,
+    after_status_query,
     begin_send,
     next_step,
     on_callback,
 )
 
 NOW = 1000.0
-P = Policy(send_retry=5, send_retry_cap=40, first_query=20, query_retry=15, query_retry_cap=60)
+P = Policy(send_retry=5, send_retry_cap=40, first_query=20, query_retry=15, query_retry_cap=60,
+           status_after=600, status_retry_cap=3600)
 STK = Action(key="site-1-mp-0a1b2c3d4e5f", kind="stk_push", msisdn="254712345678",
              amount_cents=50_000, purpose="repayment", loan_ref="K7QX2M", site="site-1")
 B2C = replace(STK, key="site-1-mp-b2c000000001", kind="b2c", purpose="loan_payout")
@@ -93,7 +104,9 @@ def test_a_b2c_whose_answer_was_lost_is_sent_again_with_the_same_key():
     assert next_step(a, NOW + 5) == Send()
     a, r = after_send(begin_send(a, NOW + 5), Accepted(duplicate=True), NOW + 5, P)
     assert a.state == "sent" and a.sends == 2 and "duplicate" in a.note
-    assert next_step(a, NOW + 10 ** 6) == Wait(None)      # its result comes to the ResultURL
+    # Its result comes to the ResultURL; if it does not, Daraja is asked, never paid again.
+    assert next_step(a, NOW + 5) == Wait(NOW + 605)
+    assert next_step(a, NOW + 10 ** 6) == StatusQuery()
 
 
 def test_refusals_before_sending_back_off_and_keep_the_action_queued():
@@ -171,3 +184,65 @@ def test_an_action_comes_from_the_change_log_payload():
                                                                  100, "queued")
     with pytest.raises(ValueError):
         Action.from_payload("site-1", {**payload, "kind": "c2b"})
+
+
+# -- a B2C whose result never came: the Transaction Status query ----------------------------
+
+AG = "AG_20261128_mine"
+
+
+def sent_b2c() -> Action:
+    a, r = after_send(begin_send(B2C, NOW), Accepted(conversation_id=AG), NOW, P)
+    assert r is None and a.state == "sent" and a.conversation_id == AG
+    return a
+
+
+def test_a_b2c_without_its_result_is_asked_about_at_status_after_then_further_apart():
+    a = sent_b2c()
+    assert next_step(a, NOW + 599) == Wait(NOW + 600)
+    t, asked, steps = NOW + 600, [], []
+    for answer in (Accepted(conversation_id="AG_q1"), NotSent("Spike Arrest"),
+                   Unknown("ReadTimeout"), Failed("400.002.02", "Invalid"), Accepted(),
+                   Accepted()):
+        s = next_step(a, t)
+        steps.append(s)
+        a, r = after_status_query(a, answer, t, P)
+        # Whatever the synchronous answer says, it is about the question: nothing settles.
+        assert r is None and a.state == "sent" and a.sends == 1
+        asked.append(t - NOW)
+        t = a.not_before
+    assert set(steps) == {StatusQuery()}            # never Send: the B2C is not paid twice
+    assert asked == [600, 1800, 4200, 7800, 11400, 15000]    # +1200, +2400, then the cap
+    assert a.status_queries == 6 and a.note.startswith("status query 6")
+
+
+def test_a_completed_status_settles_the_b2c_with_its_receipt_once():
+    a, _ = after_status_query(sent_b2c(), Accepted(), NOW + 600, P)
+    verdict = Succeeded("0", "ok", "SB12345678", conversation_id=AG,
+                        originator_conversation_id=originator_conversation_id(B2C.key))
+    a, r = on_callback(a, verdict, NOW + 601)
+    assert a.state == "succeeded" and r == Result(B2C.key, True, "SB12345678", "0", "ok")
+    again, r = on_callback(a, verdict, NOW + 602)
+    assert r is None and again == a
+    assert next_step(a, NOW + 10 ** 7) == Wait(None)
+
+
+def test_a_status_still_in_progress_or_not_found_leaves_it_sent_and_asked_again():
+    a, _ = after_status_query(sent_b2c(), Accepted(), NOW + 600, P)
+    for o in (Pending("status: Pending"), Pending("status query: R000002 not found")):
+        same, r = on_callback(a, o, NOW + 601)
+        assert r is None and same == a
+    assert next_step(a, a.not_before) == StatusQuery()
+
+
+def test_a_failed_status_settles_it_failed_and_another_payments_verdict_is_ignored():
+    a = sent_b2c()
+    for stranger in (Succeeded("0", "ok", "SB99999999", conversation_id="AG_other"),
+                     Succeeded("0", "ok", "SB99999999", conversation_id=AG,
+                               originator_conversation_id="site-9-mp-other")):
+        same, r = on_callback(a, stranger, NOW)
+        assert r is None and same == a
+    a, r = on_callback(a, Failed("gwd.ts.failed", "Transaction Status: Failed",
+                                 conversation_id=AG), NOW)
+    assert a.state == "failed" and r == Result(B2C.key, False, None, "gwd.ts.failed",
+                                                "Transaction Status: Failed")

@@ -4,8 +4,10 @@ scripted box that speaks docs/sync-protocol.md through sync/batch.py and sync/au
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -265,3 +267,90 @@ async def test_box_actions_are_recorded_not_executed_and_their_callbacks_relayed
     assert set(results(sim)) == {STK_KEY, B2C_KEY}
     env = decode_inbound((await box.inbound(0)).body, SITE)
     assert {c.action_key for c in env} == {STK_KEY, B2C_KEY}
+
+
+# -- a B2C whose result callback is lost: the Transaction Status query ------------------------
+
+@pytest.fixture
+async def quick(nursery, fake, tmp_path):
+    """The upstream with a status query due at once after an unanswered B2C."""
+    s = UpstreamSim(str(tmp_path / "upstream.db"), {SITE: KEY},
+                    DarajaClient(fake.url, daraja_config()),
+                    policy=replace(FAST, status_after=0.01, status_retry_cap=0.05))
+    await nursery.start(s.serve, "127.0.0.1:0")
+    yield s
+    await s.client.aclose()
+
+
+def requests_to(fake, path: str) -> int:
+    return [p for p, _ in fake.requests].count(path)
+
+
+async def test_a_b2c_whose_result_is_lost_is_settled_by_the_status_query_once(quick, fake):
+    fake.callbacks(False, kind="b2c")
+    box = Box(quick.url)
+    await box.push(box.batch([action(1, B2C_KEY, kind="b2c", purpose="loan_payout",
+                                     msisdn=BORROWER, amount_cents=20_000)]))
+    await quick.wait_for(lambda s: B2C_KEY in results(s))
+    change = results(quick)[B2C_KEY]
+    assert (change["result"], change["receipt"], change["amount_cents"]) == \
+        ("succeeded", fake.payments[0]["receipt"], 20_000)
+    assert len(fake.payments) == 1 and requests_to(fake, df.B2C) == 1
+    # The fake records a callback once its POST is answered, after the upstream settled.
+    await fake.wait_for(lambda f: any(c["kind"] == "status" for c in f.callbacks_sent))
+    status = [c for c in fake.callbacks_sent if c["kind"] == "status"]
+    assert status[0]["delivered"] and status[0]["url"].endswith(f"/daraja/status/{SITE}/{B2C_KEY}/result")
+    a = quick.store.actions(SITE, B2C_KEY)[0]
+    assert a.state == "succeeded" and a.sends == 1 and a.status_queries >= 1
+    await box.aclose()
+
+
+async def test_the_status_query_can_say_the_payout_failed(quick, fake):
+    fake.script(msisdn=BORROWER, result_code=2001)     # M-PESA refused it; we never heard
+    fake.callbacks(False, kind="b2c")
+    box = Box(quick.url)
+    await box.push(box.batch([action(1, B2C_KEY, kind="b2c", purpose="loan_payout",
+                                     msisdn=BORROWER)]))
+    await quick.wait_for(lambda s: B2C_KEY in results(s))
+    assert (results(quick)[B2C_KEY]["result"], results(quick)[B2C_KEY]["result_code"]) == \
+        ("failed", "gwd.ts.failed")
+    assert fake.payments == [] and requests_to(fake, df.B2C) == 1
+    await box.aclose()
+
+
+async def test_a_payout_daraja_never_heard_of_stays_sent_and_is_never_paid_again(quick, fake):
+    fake.callbacks(False, kind="b2c")
+    fake.forget(B2C_KEY)
+    box = Box(quick.url)
+    await box.push(box.batch([action(1, B2C_KEY, kind="b2c", purpose="loan_payout",
+                                     msisdn=BORROWER)]))
+    await quick.wait_for(lambda s: s.store.actions(SITE, B2C_KEY)[0].status_queries >= 3)
+    a = quick.store.actions(SITE, B2C_KEY)[0]
+    assert a.state == "sent" and a.sends == 1 and results(quick) == {}
+    assert requests_to(fake, df.B2C) == 1 and requests_to(fake, df.STATUS) >= 3
+    await box.aclose()
+
+
+async def test_a_status_verdict_for_a_box_action_is_relayed_with_the_payments_id(sim, box, fake):
+    box_b2c = action(1, B2C_KEY, kind="b2c", purpose="loan_payout", msisdn=BORROWER,
+                     amount_cents=20_000)
+    box_b2c.payload["executor"] = "box"
+    assert (await box.push(box.batch([box_b2c]))).status == 200
+    params = [{"Key": "TransactionStatus", "Value": "Completed"},
+              {"Key": "ReceiptNo", "Value": "QK7XYZ1234"},
+              {"Key": "Originator Conversation ID", "Value": B2C_KEY}]
+    result = {"Result": {"ResultType": 0, "ResultCode": 0, "ResultDesc": df.SUCCESS,
+                         "OriginatorConversationID": "4100-2700-1", "ConversationID": "AG_q",
+                         "TransactionID": "OAA0000000",
+                         "ResultParameters": {"ResultParameter": params}}}
+    url = f"{sim.url}/daraja/status/{SITE}/{B2C_KEY}/result"
+    async with httpx.AsyncClient() as http:
+        # Without the payment's ConversationID the box could not check it: not relayed.
+        assert (await http.post(url, json=result)).status_code == 200
+        assert results(sim) == {}
+        params.append({"Key": "Conversation ID", "Value": "AG_20261128_payout"})
+        assert (await http.post(url, json=result)).status_code == 200
+    relayed = results(sim)[B2C_KEY]
+    assert (relayed["result"], relayed["receipt"], relayed["conversation_id"]) == \
+        ("succeeded", "QK7XYZ1234", "AG_20261128_payout")
+    assert requests_to(fake, df.B2C) == 0
