@@ -97,10 +97,12 @@ async def render(daemon: Any) -> str:
         st = daemon.mpesa.stats
         metric("gatewayd_mpesa_direct_total", "counter", "Direct mode: Daraja requests "
                "accepted (sent), results settled, STK pushes left unknown (never resent), "
-               "and sends put off to retry.",
+               "sends put off to retry, and B2Cs without a result asked about (Transaction "
+               "Status).",
                [('{event="sent"}', st.sent), ('{event="settled_ok"}', st.settled_ok),
                 ('{event="settled_failed"}', st.settled_failed),
-                ('{event="unknown"}', st.unknown), ('{event="retried"}', st.retried)])
+                ('{event="unknown"}', st.unknown), ('{event="retried"}', st.retried),
+                ('{event="status_query"}', st.status_queries)])
     metric("gatewayd_task_up", "gauge", "1 when a supervised task is running.",
            [(f'{{task="{n}"}}', 1 if t.state == "running" else 0)
             for n, t in daemon.supervisor.tasks.items()])

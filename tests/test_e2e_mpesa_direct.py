@@ -156,6 +156,10 @@ def test_a_payout_whose_result_is_lost_is_settled_by_the_status_query_the_upstre
                      if c["delivered"]}
         assert delivered == {"status"}
         assert json.loads(d.gatewayd("status", "--json").stdout)["mpesa"]["status_queries"] >= 1
+        from prometheus_client.parser import text_string_to_metric_families
+        [direct] = [f for f in text_string_to_metric_families(
+            httpx.get(d.base + "/metrics").text) if f.name == "gatewayd_mpesa_direct"]
+        assert {s.labels["event"]: s.value for s in direct.samples}["status_query"] >= 1
         up = httpx.get(f"{sim.url}/v1/sites/site-1/state").json()
         assert up["actions"] == {} and [c["action_key"] for c in up["inbound"]] == [payout["key"]]
     finally:
