@@ -7,6 +7,7 @@ open money-moving commands with it. `gatewayd status`, `outbox` and `mpesa` talk
 - GET  /outbox?state=S     SMS, newest first
 - POST /outbox/retry       {"id"}: send a failed, expired or cancelled SMS again
 - POST /outbox/cancel      {"id"}: stop a queued SMS
+- GET  /inbox?msisdn=N     received SMS, newest first (one sender's, given an msisdn)
 - GET  /modems             the modems: port, state, signal, registration, queue depth
 - GET  /mpesa?state=S      M-PESA actions, newest first
 - POST /mpesa/resolve      settle an action by hand from the M-PESA statement:
@@ -25,6 +26,7 @@ from gatewayd import logs
 from gatewayd.asgi import App, Receive, Scope, Send, respond
 from menus import lending as app
 from store import outbox, settlement
+from store import sms as sms_store
 from store.lending import LendingError
 from store.writer import Store
 
@@ -80,6 +82,9 @@ class AdminApp(App):
                     self.cancelled(sms_id)
                 log.info("outbox_changed_by_operator", sms=sms_id, state=row["state"])
                 await _json(send, 200, {"id": sms_id, "state": row["state"]})
+            elif (method, path) == ("GET", "/inbox"):
+                await _json(send, 200, {"sms": await self.store.read(
+                    sms_store.inbox_list, query.get("msisdn", [None])[0], 200)})
             elif (method, path) == ("GET", "/mpesa"):
                 await _json(send, 200, {"actions": await self.store.read(
                     outbox.mpesa_actions, query.get("state", [None])[0], 200)})

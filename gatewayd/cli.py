@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 
 from gatewayd import __version__
-from gatewayd.opscli import (cmd_db_backup, cmd_db_check, cmd_mpesa_list, cmd_modems, cmd_mpesa_resolve,
-                             cmd_outbox_change, cmd_outbox_list, cmd_status, load_config)
+from gatewayd.opscli import (
+    cmd_db_backup,
+    cmd_db_check,
+    cmd_inbox_list,
+    cmd_modems,
+    cmd_mpesa_list,
+    cmd_mpesa_resolve,
+    cmd_outbox_change,
+    cmd_outbox_list,
+    cmd_status,
+    load_config,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -90,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
         oc = with_config(obs.add_parser(action, help=text))
         oc.add_argument("id", type=int)
         oc.set_defaults(fn=cmd_outbox_change, action=action)
+
+    ib = sub.add_parser("inbox", help="SMS received by the running daemon")
+    ibs = ib.add_subparsers(dest="inbox_command", required=True)
+    il = with_config(ibs.add_parser("list", help="received SMS, newest first"))
+    il.add_argument("--msisdn", help="only this sender's (07..., 2547... or +2547...)")
+    il.add_argument("--json", action="store_true")
+    il.set_defaults(fn=cmd_inbox_list)
 
     mp = sub.add_parser("mpesa", help="M-PESA actions of the running daemon")
     mps = mp.add_subparsers(dest="mpesa_command", required=True)

@@ -155,6 +155,33 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox_list(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from menus.msisdn import local, normalize
+    q = ""
+    if args.msisdn:
+        msisdn = normalize(args.msisdn)
+        if msisdn is None:
+            print(f"gatewayd: {args.msisdn!r} is not a phone number", file=sys.stderr)
+            return 2
+        q = "?msisdn=" + quote(msisdn)
+    rows = admin(load_config(args.config), "GET", f"/inbox{q}")["sms"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    now = time.time()
+    print(f"{'id':>6} {'from':<13} {'age':>7} {'taken as':<10} {'reply':<16}  text")
+    for r in rows:
+        body = r["body"] if len(r["body"]) <= 50 else r["body"][:47] + "..."
+        if not r["complete"]:
+            body += f" [{r['parts']} parts, incomplete]"
+        reply = f"{r['reply_id']} {r['reply_state']}" if r["reply_id"] else "-"
+        print(f"{r['id']:>6} {local(r['msisdn']):<13} {_age(now - r['received_at']):>7} "
+              f"{r['command']:<10} {reply:<16}  {body}")
+    return 0
+
+
 def cmd_outbox_change(args: argparse.Namespace) -> int:
     data = admin(load_config(args.config), "POST", f"/outbox/{args.action}", {"id": args.id})
     print(f"SMS {data['id']}: {data['state']}")

@@ -279,3 +279,19 @@ def inbox_list(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any
     return [dict(r) for r in conn.execute(
         "SELECT id, key, msisdn, short_code, body, parts, complete, command, reply_id, "
         "received_at FROM sms_inbox ORDER BY id DESC LIMIT ?", (limit,))]
+
+
+def inbox_list(conn: sqlite3.Connection, msisdn: str | None = None,
+               limit: int = 100) -> list[dict[str, Any]]:
+    """Received SMS, newest first (for `gatewayd inbox list`): what villagers texted,
+    what it was taken for, and whether and how it was answered."""
+    sql = ("SELECT i.id, i.msisdn, i.short_code, i.body, i.parts, i.complete, i.command, "
+           "i.received_at, o.id AS reply_id, o.state AS reply_state FROM sms_inbox i "
+           "LEFT JOIN sms_outbox o ON o.id = i.reply_id")
+    args: tuple = ()
+    if msisdn:
+        sql += " WHERE i.msisdn = ?"
+        args = (msisdn,)
+    sql += " ORDER BY i.id DESC LIMIT ?"
+    return [dict(r) for r in conn.execute(sql, args + (limit,))]
+

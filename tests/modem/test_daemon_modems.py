@@ -101,11 +101,20 @@ def test_loan_sms_out_through_the_modem_receipt_mo_reply_and_operator_view(tmp_p
         index = fake.deliver("+" + AMINA, "BAL")
         [answer] = sent_to(fake, AMINA)
         assert "Ksh" in answer.text                     # her balance, in an SMS
+        [answer_row] = [o["id"] for o in outbox(d, AMINA)]
         [mo] = rows(d, "SELECT * FROM sms_inbox WHERE msisdn = ?", AMINA)
         assert (mo["body"], mo["command"], mo["short_code"]) == ("BAL", "balance",
                                                                  "gsm:gsmmodem-A")
         assert fake.wait_until(lambda: ("SM", index) in fake.deletes, WAIT)
         assert "BAL" in committed_at_delete[("SM", index)]      # committed, then deleted
+        # The operator's view of what came in, and how it was answered.
+        r = d.gatewayd("inbox", "list", "--json", "--msisdn", "0711000001")
+        [seen] = json.loads(r.stdout)
+        assert (seen["body"], seen["command"], seen["reply_id"]) == ("BAL", "balance", answer_row)
+        table = d.gatewayd("inbox", "list").stdout
+        assert "0711000001" in table and "balance" in table and "BAL" in table
+        bad = d.gatewayd("inbox", "list", "--msisdn", "12")
+        assert bad.returncode == 2 and "not a phone number" in bad.stderr
         assert fake.stored("SM") == {}
 
         # The same SMS again (the network's repeat: same sender, time stamp and text) is
