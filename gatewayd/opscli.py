@@ -115,8 +115,11 @@ def render_status(s: dict[str, Any]) -> str:
     mo = s.get("modems") or {}
     if mo.get("enabled"):
         up = sum(1 for m in mo["modems"] if m["state"] == "ready")
-        lines.insert(4 if sm.get("enabled", True) else 3, (
-            f"modems    {up}/{len(mo['modems'])} ready ({'send and receive' if mo['sends'] else 'receive only: SMPP sends'})"
+        smpp_on = sm.get("enabled", True)
+        role = ("receive only: SMPP sends" if not mo["sends"] else
+                "sending while SMPP is unbound" if smpp_on else "send and receive")
+        lines.insert(4 if smpp_on else 3, (
+            f"modems    {up}/{len(mo['modems'])} ready ({role})"
             f" · {mo['queued']} waiting for a modem · {mo['submitted']} sent · {mo['retrying']} retried"
             f" · {mo['failed']} failed · {mo['receipt']} status reports · {mo['sms_in']} SMS in"
             f" ({mo['duplicate']} repeats dropped) · gatewayd modems for each"))

@@ -42,9 +42,11 @@ def test_modems_send_while_smpp_is_unbound_and_hand_back_on_the_bind(
         assert "Loan request sent" in reply
         [to_peter] = sent_to(fake, PETER)
         assert "asks to borrow Ksh 500" in to_peter.text
+        assert "sending while SMPP is unbound" in d.gatewayd("status").stdout
 
         smsc = smsc_factory("--receipts", "none", "--port", str(port))
         wait_logged(d, "sms_route", sender="smpp")
+        assert "receive only: SMPP sends" in d.gatewayd("status").stdout
         reply = Phone(d, NEEMA).run("1", "Neema", "1593", "1593", "1", "0722000002", "700",
                                     "70", "1")
         assert "Loan request sent" in reply
