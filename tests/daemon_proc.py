@@ -35,6 +35,7 @@ class DaemonProcess:
             f'[security]\npin_hash_log2_n = 10\n' + extra_config)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
         self.argv = [sys.executable, "-m", "gatewayd", "run", "--config", str(self.config_path)]
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -55,20 +56,25 @@ class DaemonProcess:
             self.argv,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
             cwd=self.tmp)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
         if not self._ready.wait(timeout) or self.proc.poll() is not None:
             self.kill()
             raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
         return self
 
     def _read(self, proc: subprocess.Popen) -> None:
+        # `proc is self.proc`: a killed process's reader may still be draining its pipe
+        # when the next start() has begun, and its EOF must not pass for the new one's
+        # readiness (a flake: start() returned before the restarted daemon listened).
         for line in proc.stdout:
             self.lines.append(line.rstrip("\n"))
-            if '"gatewayd_ready"' in line:
+            if '"gatewayd_ready"' in line and proc is self.proc:
                 self._ready.set()
             if self._waiters:
                 self._check_waiters()
-        self._ready.set()  # it exited: start() sees that at once instead of timing out
+        if proc is self.proc:
+            self._ready.set()  # it exited: start() sees that at once instead of timing out
 
     def wait_for_event(self, name: str, timeout: float = 20) -> dict:
         """Block until the daemon logs `name` (after the call) — an event, not a sleep."""
@@ -99,13 +105,21 @@ class DaemonProcess:
     def stop(self, timeout: float = 30) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        rc = self.proc.wait(timeout)
+        self._drain()
+        return rc
 
     def kill(self) -> None:
         """A power cut, as far as the process can tell."""
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Every line the process wrote is in self.lines before the caller goes on."""
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(10)
 
     def gatewayd(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "gatewayd", *args, "--config",
