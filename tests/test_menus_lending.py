@@ -1250,3 +1250,62 @@ def test_kiswahili_walk(w):
     assert (r.text, r.end) == (sw.get("goodbye", service=w.settings.service), True)
     # Every reply of the walk was pure GSM-7.
     assert all(gsm0338.is_gsm7(x.text) for x in w.replies)
+
+
+# -- the lifecycle's failure ends: the loan `failed`, both told, seen in the menus ----------
+
+def approved(w: World, requested) -> tuple[Phone, Phone, int, str]:
+    lender, borrower, loan_id = requested
+    open_approval(w, lender)
+    lender.walk("1", "4826")
+    return lender, borrower, loan_id, w.loan(loan_id)["ref"]
+
+
+def test_a_failed_funding_ends_the_loan_failed_and_tells_both(w, requested):
+    en = w.en
+    lender, borrower, loan_id, ref = approved(w, requested)
+    (funding,) = w.actions(loan_id, "loan_funding")
+    assert w.settle(funding["key"], False, desc="Request cancelled by user")[0]
+    assert w.loan(loan_id)["state"] == "failed"
+    assert w.actions(loan_id, "loan_payout") == []                  # nothing paid out
+    assert w.sms_to(LENDER)[-1] == en.get(
+        "sms_funding_failed_lender", amount="Ksh 1,000", borrower_name="Mary Wanjiru",
+        reason="Request cancelled by user", ref=ref)
+    assert w.sms_to(BORROWER)[-1] == en.get(
+        "sms_funding_failed_borrower", amount="Ksh 1,000", lender_name="Peter Otieno", ref=ref)
+    # My loans says so on both phones; no money moved, so no transaction either.
+    for phone, line in ((borrower, "1 From Peter Otieno Ksh 1,000 failed"),
+                        (lender, "1 To Mary Wanjiru Ksh 1,000 failed")):
+        phone.dial()
+        assert line in phone.send("2").text.split("\n")
+        phone.dial()
+        assert phone.send("5").text == en.get("no_txns") + "\n" + main_menu(
+            en, w.settings)
+    assert lending.balance_of(w.conn, w.user(BORROWER).id, w.now)["owe"] == 0
+
+
+def test_a_failed_payout_ends_the_loan_failed_and_refunds_the_lender(w, requested):
+    en = w.en
+    lender, borrower, loan_id, ref = approved(w, requested)
+    (funding,) = w.actions(loan_id, "loan_funding")
+    assert w.settle(funding["key"], True, receipt="RF00000001")[0]
+    (payout,) = w.actions(loan_id, "loan_payout")
+    assert w.settle(payout["key"], False, desc="The initiator information is invalid.")[0]
+    assert w.loan(loan_id)["state"] == "failed"
+    assert w.sms_to(LENDER)[-1] == en.get("sms_payout_failed_lender", amount="Ksh 1,000",
+                                          borrower_name="Mary Wanjiru", ref=ref)
+    assert w.sms_to(BORROWER)[-1] == en.get(
+        "sms_funding_failed_borrower", amount="Ksh 1,000", lender_name="Peter Otieno", ref=ref)
+    (refund,) = w.actions(loan_id, "lender_refund")
+    assert (refund["msisdn"], refund["amount_cents"], refund["kind"]) == (LENDER, 1000_00, "b2c")
+    assert w.settle(refund["key"], True, receipt="RR00000001")[0]
+    # The lender's Transactions: lent, then refunded; the borrower never got the loan.
+    day = short_date(w.now)
+    lender.dial()
+    assert lender.send("5").text.split("\n")[1:3] == [f"{day} Refund Ksh 1,000",
+                                                      f"{day} Lent Ksh 1,000 to Mary Wanjiru"]
+    borrower.dial()
+    assert "1 From Peter Otieno Ksh 1,000 failed" in borrower.send("2").text.split("\n")
+    assert lending.balance_of(w.conn, w.user(BORROWER).id, w.now)["owe"] == 0
+    from store import check
+    assert check.run(w.conn) == []                                   # the books balance
