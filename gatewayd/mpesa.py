@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 
-from gatewayd import logs
+from gatewayd import logs, upstream
 from gatewayd.upstream import notice_sink
 from store import mpesa_direct
 from store.writer import Store
-from sync import daraja
+from sync import auth, daraja
 from sync.executor import DEFAULT_POLICY, Action, Executor, Policy, Result
 
 log = logs.get("gatewayd.mpesa")
@@ -76,22 +76,17 @@ def _parse(raw: bytes) -> dict[str, Any]:
         raise ValueError("not valid TOML") from None
 
 
-def daraja_config(m: Any, secrets: dict[str, str]) -> daraja.DarajaConfig:
-    base = m.callback_base_url.rstrip("/")
-    # The upstream's relay routes (sync/upstream_sim.py): each action's own URL, so a
-    # callback names its action even when the STK push's answer (and with it the
-    # CheckoutRequestID) was lost.
+def daraja_config(m: Any, secrets: dict[str, str], sync_key: bytes) -> daraja.DarajaConfig:
+    # The upstream's relay routes (section 11), each with the action's token made from
+    # the site key the upstream shares, so that it can tell Daraja's callbacks from forgeries.
     return daraja.DarajaConfig(
         consumer_key=secrets["consumer_key"], consumer_secret=secrets["consumer_secret"],
         shortcode=m.shortcode, passkey=secrets["passkey"],
-        callback_url=base + "/daraja/stk/{site}/{key}",
         b2c_shortcode=m.b2c_shortcode or m.shortcode, initiator_name=m.initiator_name,
         security_credential=secrets["security_credential"],
-        result_url=base + "/daraja/b2c/{site}/{key}/result",
-        timeout_url=base + "/daraja/b2c/{site}/{key}/timeout",
-        status_result_url=base + "/daraja/status/{site}/{key}/result",
-        status_timeout_url=base + "/daraja/status/{site}/{key}/timeout",
-        transaction_type=m.transaction_type, command_id=m.command_id)
+        transaction_type=m.transaction_type, command_id=m.command_id,
+        callback_token=lambda site, key: auth.callback_token(sync_key, site, key),
+        **daraja.callback_urls(m.callback_base_url))
 
 
 @dataclass
@@ -186,7 +181,8 @@ async def build(cfg: Any, store: Store, ussd: Any) -> DirectMpesa | None:
             # callback still settles them, or the operator does (gatewayd mpesa resolve).
             log.warning("mpesa_direct_actions_stranded", open=stranded)
         return None
-    client = daraja.DarajaClient(m.daraja_url, daraja_config(m, secrets),
+    client = daraja.DarajaClient(m.daraja_url, daraja_config(
+                                     m, secrets, upstream.load_key(cfg.sync_key_path)),
                                  http=httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=15.0)))
     policy = Policy(first_query=m.first_query_seconds, query_retry=m.query_retry_seconds,
                     status_after=m.status_after_seconds)

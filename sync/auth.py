@@ -219,3 +219,14 @@ def http_date(value: str) -> float | None:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def callback_token(key: bytes, site: str, action_key: str) -> str:
+    """The secret part of a Daraja callback URL for one action (docs/sync-protocol.md,
+    section 11). Daraja's callbacks are unsigned and action keys are predictable (a run id
+    and a counter), so without it anyone who learnt one key could post a forged verdict
+    for the next. Made from the site key, so the box and the upstream both make and check
+    it; 96 bits, hex, so it fits any URL path."""
+    msg = b"gatewayd-daraja-callback\x00" + site.encode() + b"\x00" + action_key.encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:24]
+

@@ -84,6 +84,8 @@ class DarajaConfig:
     # The Transaction Status query's ResultURL / QueueTimeOutURL (sync/daraja_status.py).
     status_result_url: str = ""
     status_timeout_url: str = ""
+    # (site, key) -> the {token} of a URL template (sync.auth.callback_token).
+    callback_token: Callable[[str, str], str] | None = None
     transaction_type: str = "CustomerPayBillOnline"
     command_id: str = "BusinessPayment"
 
@@ -171,8 +173,25 @@ def account_reference(loan_ref: str | None, key: str) -> str:
     return (loan_ref or key.rsplit("-", 1)[-1])[:ACCOUNT_REFERENCE_MAX]
 
 
-def _url(template: str, site: str, key: str) -> str:
-    return template.replace("{site}", site).replace("{key}", key)
+def _url(cfg: DarajaConfig, template: str, site: str, key: str) -> str:
+    url = template.replace("{site}", site).replace("{key}", key)
+    if "{token}" in url:
+        if cfg.callback_token is None:
+            raise ValueError("a callback URL template has {token} but no callback_token is set")
+        url = url.replace("{token}", cfg.callback_token(site, key))
+    return url
+
+
+def callback_urls(base: str) -> dict[str, str]:
+    """Every callback URL template at a relay's base URL (section 11), for
+    dataclasses.replace(cfg, **...): each action's own URL, so a callback names its
+    action even when the request's answer was lost, with the action's token in it."""
+    base = base.rstrip("/") + "/daraja"
+    return {"callback_url": base + "/stk/{site}/{key}/{token}",
+            "result_url": base + "/b2c/{site}/{key}/{token}/result",
+            "timeout_url": base + "/b2c/{site}/{key}/{token}/timeout",
+            "status_result_url": base + "/status/{site}/{key}/{token}/result",
+            "status_timeout_url": base + "/status/{site}/{key}/{token}/timeout"}
 
 
 def stk_push_body(cfg: DarajaConfig, *, site: str, key: str, msisdn: str, amount_cents: int,
@@ -182,7 +201,7 @@ def stk_push_body(cfg: DarajaConfig, *, site: str, key: str, msisdn: str, amount
             "Password": password(cfg.shortcode, cfg.passkey, ts), "Timestamp": ts,
             "TransactionType": cfg.transaction_type, "Amount": shillings(amount_cents),
             "PartyA": msisdn, "PartyB": cfg.shortcode, "PhoneNumber": msisdn,
-            "CallBackURL": _url(cfg.callback_url, site, key),
+            "CallBackURL": _url(cfg, cfg.callback_url, site, key),
             "AccountReference": account_reference(loan_ref, key),
             "TransactionDesc": description[:TRANSACTION_DESC_MAX]}
 
@@ -200,8 +219,8 @@ def b2c_body(cfg: DarajaConfig, *, site: str, key: str, msisdn: str, amount_cent
             "InitiatorName": cfg.initiator_name, "SecurityCredential": cfg.security_credential,
             "CommandID": cfg.command_id, "Amount": shillings(amount_cents),
             "PartyA": cfg.b2c_shortcode, "PartyB": msisdn, "Remarks": remarks[:100],
-            "QueueTimeOutURL": _url(cfg.timeout_url, site, key),
-            "ResultURL": _url(cfg.result_url, site, key), "Occasion": occasion[:100]}
+            "QueueTimeOutURL": _url(cfg, cfg.timeout_url, site, key),
+            "ResultURL": _url(cfg, cfg.result_url, site, key), "Occasion": occasion[:100]}
 
 
 # -- classifying answers -------------------------------------------------------------------
@@ -314,14 +333,18 @@ def parse_b2c_result(obj: Any) -> Succeeded | Failed | Pending | None:
     if code == "15":
         # The verdict on a *repeat* of an OriginatorConversationID, not on the payment.
         return Pending(desc)
+    # A B2C result's own ids are the payment's (unlike a status result's).
     conversation = str(r["ConversationID"]) if r.get("ConversationID") else None
+    originator = str(r["OriginatorConversationID"]) if r.get("OriginatorConversationID") \
+        else None
     if code != "0":
-        return Failed(code, desc, conversation_id=conversation)
+        return Failed(code, desc, conversation_id=conversation,
+                      originator_conversation_id=originator)
     params = ((r.get("ResultParameters") or {}).get("ResultParameter")) or []
     meta = {p.get("Key"): p.get("Value") for p in params if isinstance(p, dict)}
     receipt = meta.get("TransactionReceipt") or r.get("TransactionID")
     return Succeeded(code, desc, str(receipt) if receipt else None,
-                     conversation_id=conversation)
+                     conversation_id=conversation, originator_conversation_id=originator)
 
 
 # -- the client ----------------------------------------------------------------------------

@@ -81,8 +81,8 @@ def status_body(cfg: DarajaConfig, *, site: str, key: str, originator_conversati
         "Initiator": cfg.initiator_name, "SecurityCredential": cfg.security_credential,
         "CommandID": "TransactionStatusQuery", "PartyA": cfg.b2c_shortcode,
         "IdentifierType": IDENTIFIER_SHORTCODE,
-        "ResultURL": _url(cfg.status_result_url, site, key),
-        "QueueTimeOutURL": _url(cfg.status_timeout_url, site, key),
+        "ResultURL": _url(cfg, cfg.status_result_url, site, key),
+        "QueueTimeOutURL": _url(cfg, cfg.status_timeout_url, site, key),
         "Remarks": remarks[:100], "Occasion": key[:100]}
     # A receipt names the payment best; without one, the id we chose for it.
     if receipt:

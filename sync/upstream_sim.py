@@ -29,6 +29,7 @@ upstream would have its own database layer anyway.
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
 import sys
@@ -158,16 +159,25 @@ class UpstreamSim:
         return 200, {"v": 1, "site": site, "after": int(after),
                      "changes": self.store.inbound_after(site, int(after))}
 
+    def callback_token(self, site: str, key: str) -> str:
+        return auth.callback_token(self.keys[site], site, key)
+
     async def _daraja(self, parts: list[str], body: bytes, send: Callable) -> None:
-        """Daraja's callbacks are unsigned; the executor only trusts them as far as
+        """Daraja's callbacks are unsigned: one counts only when its URL carries the
+        action's token (section 11), and even then the executor trusts it only as far as
         sync/executor.on_callback says. Daraja gets its acknowledgement whatever we did."""
+        # /daraja/{stk|b2c|status}/{site}/{key}/{token}[/result|/timeout]
+        site, key, token = parts[2], parts[3], parts[4] if len(parts) > 4 else ""
+        if site not in self.keys or not hmac.compare_digest(
+                token.encode(), self.callback_token(site, key).encode()):
+            log_event("callback_refused", site=site, key=key, kind=parts[1])
+            return await _answer(send, 404, b'{"error":"not_found"}')
         try:
             obj = json.loads(body)
         except ValueError:
             obj = None
-        site, key = parts[2], parts[3]
         found = self.store.actions(site, key)
-        result = parts[4:] == ["result"]
+        result = parts[5:] == ["result"]
         outcome = (daraja.parse_stk_callback(obj) if parts[1] == "stk" else
                    daraja.parse_b2c_result(obj) if parts[1] == "b2c" and result else
                    daraja_status.parse_status_result(obj) if parts[1] == "status" and result
@@ -175,12 +185,14 @@ class UpstreamSim:
         if found:
             await self.executor.callback(found[0], outcome)
         elif site in self.keys and (box := self.store.box_action(site, key)) is not None:
-            if parts[1] == "status" and isinstance(outcome, (daraja.Succeeded, daraja.Failed)) \
+            if parts[1] in ("b2c", "status") \
+                    and isinstance(outcome, (daraja.Succeeded, daraja.Failed)) \
                     and not outcome_names_payment(outcome, key):
-                # A status verdict that does not name the payment (its ConversationID) is
-                # not relayed: the box would take it for an operator's, and it can ask
+                # A verdict that does not name the payment (its ConversationID, and this
+                # action's OriginatorConversationID if it gives one) is not relayed: the
+                # box would take a result without ids for an operator's, and it can ask
                 # Daraja again itself.
-                log_event("status_not_relayed", site=site, key=key)
+                log_event("verdict_not_relayed", site=site, key=key, kind=parts[1])
                 outcome = None
             self._relay(site, key, box, outcome)
         await _answer(send, 200, b'{"ResultCode":0,"ResultDesc":"Accepted"}')
@@ -284,16 +296,10 @@ class UpstreamSim:
         async with httpx.AsyncClient(timeout=30) as http, trio.open_nursery() as n:
             self.url = (await n.start(lambda task_status: hypercorn.trio.serve(
                 self, hc, task_status=task_status)))[0]
-            base = (public_url or self.url).rstrip("/")
-            # Each action's own URL: a callback then names its action even when the STK
-            # push's answer (and so its CheckoutRequestID) was lost.
-            self.client.cfg = replace(self.client.cfg,
-                                      callback_url=base + "/daraja/stk/{site}/{key}",
-                                      result_url=base + "/daraja/b2c/{site}/{key}/result",
-                                      timeout_url=base + "/daraja/b2c/{site}/{key}/timeout",
-                                      status_result_url=base + "/daraja/status/{site}/{key}/result",
-                                      status_timeout_url=base
-                                      + "/daraja/status/{site}/{key}/timeout")
+            # Each action's own URL (a callback names its action even when the STK push's
+            # answer, and so its CheckoutRequestID, was lost) with its token (section 11).
+            self.client.cfg = replace(self.client.cfg, callback_token=self.callback_token,
+                                      **daraja.callback_urls(public_url or self.url))
             n.start_soon(self.executor.run)
             for site, box in (pulls or {}).items():
                 n.start_soon(self.pull, site, box, http, poll)

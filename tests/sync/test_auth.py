@@ -14,6 +14,7 @@ from sync.auth import (
     H_TIMESTAMP,
     AuthError,
     Verifier,
+    callback_token,
     canonical_request,
     clock_offset,
     http_date,
@@ -194,3 +195,27 @@ def test_signing_refuses_fields_that_could_blur_the_canonical_string():
     with pytest.raises(ValueError):
         sign("POST", "/x", b"", "site-1", KEY, NOW, "n\n" * 10)
     assert len(sign("POST", "/x", b"", "site-1", KEY, NOW)[H_NONCE]) == 32   # fresh by default
+
+
+def test_callback_tokens_are_per_site_and_action_and_need_the_key():
+    key, other = bytes(range(32)), bytes(32)
+    t = callback_token(key, "site-1", "site-1-mp-3f9a0c1b2d4e-17")
+    assert len(t) == 24 and int(t, 16) >= 0                     # hex: fits a URL path
+    assert t == callback_token(key, "site-1", "site-1-mp-3f9a0c1b2d4e-17")
+    assert t != callback_token(key, "site-1", "site-1-mp-3f9a0c1b2d4e-18")  # the next key
+    assert t != callback_token(key, "site-2", "site-1-mp-3f9a0c1b2d4e-17")
+    assert t != callback_token(other, "site-1", "site-1-mp-3f9a0c1b2d4e-17")
+
+
+def test_a_tokened_callback_url_without_a_token_maker_is_a_bug_not_a_guess():
+    from sync import daraja
+    cfg = daraja.DarajaConfig("k", "s", "174379", "p",
+                              **daraja.callback_urls("https://up.example/"))
+    with pytest.raises(ValueError, match="callback_token"):
+        daraja.stk_push_body(cfg, site="site-1", key="k-1", msisdn="254712345678",
+                             amount_cents=100, loan_ref="REF", description="Loan", now=0.0)
+    from dataclasses import replace
+    cfg = replace(cfg, callback_token=lambda site, key: f"T{site}{key}")
+    body = daraja.stk_push_body(cfg, site="site-1", key="k-1", msisdn="254712345678",
+                                amount_cents=100, loan_ref="REF", description="Loan", now=0.0)
+    assert body["CallBackURL"] == "https://up.example/daraja/stk/site-1/k-1/Tsite-1k-1"

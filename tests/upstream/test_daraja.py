@@ -272,7 +272,8 @@ def test_callback_parsers_read_safaricoms_samples():
                          "OriginatorConversationID": "x", "ConversationID": "AG_1",
                          "TransactionID": "LGH3197RIB", "ResultParameters": {"ResultParameter": [
                              {"Key": "TransactionReceipt", "Value": "LGH3197RIB"}]}}}
-    assert parse_b2c_result(result) == Succeeded("0", "ok", "LGH3197RIB", conversation_id="AG_1")
+    assert parse_b2c_result(result) == Succeeded("0", "ok", "LGH3197RIB", conversation_id="AG_1",
+                                                 originator_conversation_id="x")
     dup = {"Result": {"ResultType": 0, "ResultCode": 15, "ResultDesc": "Duplicate Detected"}}
     assert isinstance(parse_b2c_result(dup), Pending)      # about the repeat, not the payment
 

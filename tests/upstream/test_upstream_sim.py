@@ -145,7 +145,8 @@ async def test_stk_answer_dropped_upstream_is_settled_by_its_callback_and_a_quer
     assert change["result"] == "succeeded" and change["receipt"] == fake.payments[0]["receipt"]
     # The CallBackURL named the action; the query confirmed the CheckoutRequestID it lent.
     assert stk_sends(fake) == 1 and [p for p, _ in fake.requests].count(df.QUERY) >= 1
-    assert fake.callbacks_sent[0]["url"].endswith(f"/daraja/stk/{SITE}/{STK_KEY}")
+    assert fake.callbacks_sent[0]["url"].endswith(
+        f"/daraja/stk/{SITE}/{STK_KEY}/{sim.callback_token(SITE, STK_KEY)}")
 
 
 async def test_stk_answer_dropped_and_no_callback_stays_unknown_and_is_not_resent(sim, box, fake):
@@ -254,13 +255,34 @@ async def test_box_actions_are_recorded_not_executed_and_their_callbacks_relayed
                          "OriginatorConversationID": B2C_KEY, "ConversationID": "AG_1",
                          "TransactionID": "QK7XYZ1234", "ResultParameters": {"ResultParameter": [
                              {"Key": "TransactionReceipt", "Value": "QK7XYZ1234"}]}}}
+    token = sim.callback_token(SITE, B2C_KEY)
     async with httpx.AsyncClient() as http:
+        # Forged: no token, or another action's, or a made-up one: refused, nothing relayed.
+        for path in (f"{SITE}/{B2C_KEY}/result", f"{SITE}/{B2C_KEY}/{'0' * 24}/result",
+                     f"{SITE}/{B2C_KEY}/{sim.callback_token(SITE, STK_KEY)}/result"):
+            r = await http.post(f"{sim.url}/daraja/b2c/{path}", json={
+                **result, "Result": {**result["Result"], "ResultCode": 2001}})
+            assert r.status_code == 404
+        assert B2C_KEY not in results(sim)
+        # Through the right URL but naming no payment, or another action's: not relayed
+        # (the box would take a result without ids for an operator's verdict).
+        no_ids = {k: v for k, v in result["Result"].items()
+                  if k not in ("ConversationID", "OriginatorConversationID")}
+        for body in ({"Result": no_ids}, {"Result": {**result["Result"],
+                                                    "OriginatorConversationID": STK_KEY}}):
+            r = await http.post(f"{sim.url}/daraja/b2c/{SITE}/{B2C_KEY}/{token}/result",
+                                json=body)
+            assert r.status_code == 200
+        assert B2C_KEY not in results(sim)
         for body in (result, {**result, "Result": {**result["Result"], "ResultCode": 2001}}):
-            r = await http.post(f"{sim.url}/daraja/b2c/{SITE}/{B2C_KEY}/result", json=body)
+            r = await http.post(f"{sim.url}/daraja/b2c/{SITE}/{B2C_KEY}/{token}/result",
+                                json=body)
             assert r.status_code == 200
         # A key the box never sent, and one of another site: nothing to relay.
-        await http.post(f"{sim.url}/daraja/b2c/{SITE}/site-1-mp-nobody/result", json=result)
-        await http.post(f"{sim.url}/daraja/b2c/site-9/{B2C_KEY}/result", json=result)
+        nobody = "site-1-mp-nobody"
+        await http.post(f"{sim.url}/daraja/b2c/{SITE}/{nobody}/"
+                        f"{sim.callback_token(SITE, nobody)}/result", json=result)
+        await http.post(f"{sim.url}/daraja/b2c/site-9/{B2C_KEY}/{token}/result", json=result)
     relayed = results(sim)[B2C_KEY]
     assert (relayed["result"], relayed["receipt"], relayed["amount_cents"]) == \
         ("succeeded", "QK7XYZ1234", 20_000)
@@ -299,7 +321,8 @@ async def test_a_b2c_whose_result_is_lost_is_settled_by_the_status_query_once(qu
     # The fake records a callback once its POST is answered, after the upstream settled.
     await fake.wait_for(lambda f: any(c["kind"] == "status" for c in f.callbacks_sent))
     status = [c for c in fake.callbacks_sent if c["kind"] == "status"]
-    assert status[0]["delivered"] and status[0]["url"].endswith(f"/daraja/status/{SITE}/{B2C_KEY}/result")
+    assert status[0]["delivered"] and status[0]["url"].endswith(
+        f"/daraja/status/{SITE}/{B2C_KEY}/{quick.callback_token(SITE, B2C_KEY)}/result")
     a = quick.store.actions(SITE, B2C_KEY)[0]
     assert a.state == "succeeded" and a.sends == 1 and a.status_queries >= 1
     await box.aclose()
@@ -343,7 +366,7 @@ async def test_a_status_verdict_for_a_box_action_is_relayed_with_the_payments_id
                          "OriginatorConversationID": "4100-2700-1", "ConversationID": "AG_q",
                          "TransactionID": "OAA0000000",
                          "ResultParameters": {"ResultParameter": params}}}
-    url = f"{sim.url}/daraja/status/{SITE}/{B2C_KEY}/result"
+    url = f"{sim.url}/daraja/status/{SITE}/{B2C_KEY}/{sim.callback_token(SITE, B2C_KEY)}/result"
     async with httpx.AsyncClient() as http:
         # Without the payment's ConversationID the box could not check it: not relayed.
         assert (await http.post(url, json=result)).status_code == 200
