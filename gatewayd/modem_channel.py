@@ -31,7 +31,7 @@ import trio
 
 from gatewayd import logs, sms_answer
 from gatewayd import smpp_jobs as jobs
-from gatewayd.sms_route import MODEMS, SmsRoute
+from gatewayd.sms_route import MODEMS, SMPP, SmsRoute
 from modem.events import Event, SendFailed, SmsIn, StatusReport, Submitted, Undecodable
 from modem.pool import ModemPool
 from store import sms as sms_store
@@ -183,20 +183,28 @@ class ModemChannel:
             if ours and room > 0 and (changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
                 last_seen, last_scan = self.store.stats.transactions, now
                 try:
-                    rows = await self.store.read(sms_store.sendable, time.time(),
-                                                 self.route.held(), room, self.validity)
+                    rows = await self.store.read(
+                        sms_store.sendable, time.time(), self.route.held(), room,
+                        self.validity, SMPP in self.route.channels)   # whole_only
                 except StoreClosed:
                     return
-                for row in rows:
-                    self.pool.submit(row.id, row.msisdn, row.body, row.deadline)
+                # The read awaited: if SMPP bound meanwhile, it may be offering these
+                # very rows. Nothing awaits from here to the hand-over.
+                if self.route.sender(trio.current_time()) == MODEMS:
+                    for row in rows:
+                        self.pool.submit(row.id, row.msisdn, row.body, row.deadline)
             await trio.sleep(FEED_POLL_SECONDS)
 
     async def _sweeper(self) -> None:
         while True:
             await trio.sleep(SWEEP_SECONDS)
             try:
+                # Expiring is the sending channel's, by its own validity; dedupe keys and
+                # stalled long SMS are the modems' own either way.
                 done = await self.store.write(jobs.sweep, self.job_context(), time.time(),
-                                              self.route.held())
+                                              self.route.held(),
+                                              self.route.current == MODEMS
+                                              or SMPP not in self.route.channels)
             except StoreUnavailable as e:
                 log.error("modem_sweep_failed", error=str(e))
                 continue

@@ -38,13 +38,13 @@ import trio
 
 from gatewayd import logs
 from gatewayd import smpp_jobs as jobs
-from gatewayd.sms_route import SMPP, SmsRoute
-from gatewayd.smpp import receipts, sms, ussd
 from gatewayd.smpp import pdu as P
+from gatewayd.smpp import receipts, sms, ussd
 from gatewayd.smpp.client import Esme, Inbound
 from gatewayd.smpp.sender import Accepted, Expired, Failed, Retrying, Sender
 from gatewayd.smpp.session import Backoff, BindMode, SessionConfig, State
 from gatewayd.smpp_stats import ReceiptParking, SmppStats
+from gatewayd.sms_route import MODEMS, SMPP, SmsRoute
 from gatewayd.ussd import UssdService
 from menus.dialogs import TextMode
 from store import sms as sms_store
@@ -74,6 +74,7 @@ class SmppChannel:
         self.stats = SmppStats()
         self.esmes: dict[str, Esme] = {}
         self._held: dict[int, set[int]] = {}        # outbox id -> parts in the sender
+        self._totals: dict[int, int] = {}           # outbox id -> its number of parts
         self._feed_wake = trio.Event()
         self._ussd_refs = itertools.count(1)
         self._stopping = False
@@ -151,7 +152,7 @@ class SmppChannel:
     # -- the task ----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self.esmes = self._new_esmes()
-        self._held = {}
+        self._held, self._totals = {}, {}
         self._drained = trio.Event()
         merged_in, merged_out = trio.open_memory_channel[tuple[Esme, Any]](math.inf)
         async with trio.open_nursery() as nursery:
@@ -182,6 +183,7 @@ class SmppChannel:
     async def _feeder(self) -> None:
         last_seen, last_scan = -1, -math.inf
         announced: str | None = None
+        was_bound = False
         while True:
             depth = max(2 * self.cfg.window, int(2 * self.cfg.submit_rate), 20)
             room = depth - sum(len(p) for p in self._held.values())
@@ -193,10 +195,18 @@ class SmppChannel:
             if self.route.current != announced:
                 # Logged here only (this feeder runs whenever SMPP is enabled), for any
                 # switch, whichever feeder's question made it.
+                given_back = self._give_back() if self.route.current == MODEMS else 0
                 log.warning("sms_route", sender=self.route.current, previous=announced,
-                            bind=self.bind_summary())
+                            bind=self.bind_summary(), given_back=given_back)
                 announced = self.route.current
-            if ours and room > 0 and (changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
+            bound = self.bound()
+            if bound and not was_bound:
+                last_scan = -math.inf     # what waited for the bind goes at once
+            was_bound = bound
+            # Only while bound: rows handed to an unbound sender would wait there, out
+            # of the modems' reach, for as long as the SMSC stays away.
+            if ours and bound and room > 0 and (
+                    changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
                 last_seen, last_scan = self.store.stats.transactions, now
                 try:
                     rows = await self.store.read(sms_store.sendable, time.time(),
@@ -204,8 +214,11 @@ class SmppChannel:
                                                  self.cfg.sms_validity_hours * 3600)
                 except StoreClosed:
                     return
-                for row in rows:
-                    self._hand_over(row)
+                # The read awaited: if the modems took over meanwhile, they may be
+                # offering these very rows. Nothing awaits from here to the hand-over.
+                if self.route.sender(trio.current_time()) == SMPP and self.bound():
+                    for row in rows:
+                        self._hand_over(row)
             self._feed_wake = trio.Event()
             with trio.move_on_after(FEED_POLL_SECONDS):
                 await self._feed_wake.wait()
@@ -231,6 +244,26 @@ class SmppChannel:
             fields["user_message_reference"] = row.id & 0xFFFF
             tx.submit(("sms", row.id, i, len(parts)), fields, expires_at=expires_at)
             self._held.setdefault(row.id, set()).add(i)
+            self._totals[row.id] = len(parts)
+
+    def _give_back(self) -> int:
+        """The modems take over: SMS whose every part still waits in this sender, never
+        written to the SMSC, go back to the outbox for them. One with a part that may
+        have reached the SMSC stays, and goes on the next bind (never torn, never
+        twice). Returns how many went back."""
+        tx = self._tx
+        if tx is None:
+            return 0
+        back = 0
+        for sms_id, parts in list(self._held.items()):
+            refs = [("sms", sms_id, p, self._totals[sms_id]) for p in parts]
+            if all(tx.sender.never_sent(r) for r in refs):
+                for r in refs:
+                    tx.sender.cancel(r)
+                del self._held[sms_id]
+                del self._totals[sms_id]
+                back += 1
+        return back
 
     def _release(self, ref: tuple, all_parts: bool = False) -> None:
         _, sms_id, part, total = ref
@@ -245,6 +278,7 @@ class SmppChannel:
         parts.discard(part)
         if not parts:
             del self._held[sms_id]
+            self._totals.pop(sms_id, None)
         self._feed_wake.set()
 
     # -- events ------------------------------------------------------------------------
@@ -387,7 +421,8 @@ class SmppChannel:
             await trio.sleep(SWEEP_SECONDS)
             try:
                 done = await self.store.write(jobs.sweep, self.job_context(), time.time(),
-                                              self.route.held())
+                                              self.route.held(),
+                                              self.route.current in (SMPP, None))
             except (StoreUnavailable, sqlite3.Error) as e:
                 log.error("smpp_sweep_failed", error=str(e))
                 continue

@@ -210,10 +210,11 @@ def _deliver(conn: sqlite3.Connection, ctx: JobContext, parts: list[MoPart], ded
 # -- the sweep ---------------------------------------------------------------------------
 
 def sweep(conn: sqlite3.Connection, ctx: JobContext, now: float,
-          held: frozenset[int]) -> dict[str, int]:
-    """Expire queued SMS past validity, answer long SMS whose parts stopped coming,
-    forget old dedupe keys and message ids."""
-    expired = sms_store.expire_due(conn, now, ctx.validity, held)
+          held: frozenset[int], expire: bool = True) -> dict[str, int]:
+    """Expire queued SMS past validity (`expire`: only the channel that sends, by its
+    own validity), answer long SMS whose parts stopped coming, forget old dedupe keys
+    and message ids."""
+    expired = sms_store.expire_due(conn, now, ctx.validity, held) if expire else []
     stale = sms_store.stale_groups(conn, now - ctx.concat_timeout)
     for rows in stale:
         _deliver(conn, ctx, [_part_of(r) for r in rows], rows[0]["part_key"], False, now)

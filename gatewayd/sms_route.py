@@ -11,8 +11,12 @@ operator's bulk path, cheaper per message and not limited by a SIM's send rate.
 
 Only one channel may offer outbox rows at a time, and neither may offer a row the
 other still holds (in its sender's queue, its window, or a modem), otherwise one SMS
-goes out twice. Rows SMPP held when its bind dropped stay with it and go when it
-binds again (its sender resends them); only rows nobody holds move to the modems.
+goes out twice; each feeder asks again after its read, since the route may have
+switched while it waited. SMPP takes rows only while bound, so nothing waits in an
+unbound sender out of the modems' reach; on a takeover it gives back the rows it never
+wrote to the SMSC, and keeps (for its next bind) only those that may have reached it.
+A row the SMSC accepted in part stays with SMPP: a modem could only send it all again,
+from another address, and the phone would show it torn.
 """
 
 from __future__ import annotations

@@ -54,14 +54,20 @@ class Sendable:
 
 
 def sendable(conn: sqlite3.Connection, now: float, held: Collection[int], limit: int,
-             validity: float) -> list[Sendable]:
-    """Queued SMS the channel does not hold yet, oldest first, at most `limit`."""
+             validity: float, whole_only: bool = False) -> list[Sendable]:
+    """Queued SMS the channel does not hold yet, oldest first, at most `limit`.
+    `whole_only`: none with parts already accepted (by SMPP: a modem could only send
+    the whole text again, from another sender address, and the phone would show a
+    torn message)."""
     # Past-validity rows are left to expire_due: at the head of the queue they would
     # otherwise use up the limit and starve the rest.
+    whole = (" AND NOT EXISTS (SELECT 1 FROM sms_parts p WHERE p.sms_id = sms_outbox.id)"
+             if whole_only else "")
     rows = conn.execute(
         "SELECT id, msisdn, body, MIN(expires_at, created_at + ?) AS deadline "
-        "FROM sms_outbox WHERE state = 'queued' AND MIN(expires_at, created_at + ?) > ? "
-        "ORDER BY created_at, id LIMIT ?", (validity, validity, now, limit + len(held)))
+        "FROM sms_outbox WHERE state = 'queued' AND MIN(expires_at, created_at + ?) > ?"
+        + whole + " ORDER BY created_at, id LIMIT ?",
+        (validity, validity, now, limit + len(held)))
     out = [(r, r["deadline"]) for r in rows if r["id"] not in held][:limit]
     done: dict[int, set[int]] = {}
     if out:
@@ -275,18 +281,13 @@ def store_inbox(conn: sqlite3.Connection, site: str, dedupe_key: str, msisdn: st
     return sms_in
 
 
-def inbox_list(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(
-        "SELECT id, key, msisdn, short_code, body, parts, complete, command, reply_id, "
-        "received_at FROM sms_inbox ORDER BY id DESC LIMIT ?", (limit,))]
-
-
 def inbox_list(conn: sqlite3.Connection, msisdn: str | None = None,
                limit: int = 100) -> list[dict[str, Any]]:
     """Received SMS, newest first (for `gatewayd inbox list`): what villagers texted,
     what it was taken for, and whether and how it was answered."""
-    sql = ("SELECT i.id, i.msisdn, i.short_code, i.body, i.parts, i.complete, i.command, "
-           "i.received_at, o.id AS reply_id, o.state AS reply_state FROM sms_inbox i "
+    sql = ("SELECT i.id, i.key, i.msisdn, i.short_code, i.body, i.parts, i.complete, "
+           "i.command, i.received_at, o.id AS reply_id, o.state AS reply_state "
+           "FROM sms_inbox i "
            "LEFT JOIN sms_outbox o ON o.id = i.reply_id")
     args: tuple = ()
     if msisdn:

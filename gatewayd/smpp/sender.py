@@ -126,6 +126,12 @@ class Sender:
         self._queued_refs.discard(ref)
         return True
 
+    def never_sent(self, ref: Hashable) -> bool:
+        """Queued and never written to an SMSC: another channel may have it instead. (A
+        message back in the queue after an unanswered try may have reached the SMSC.)"""
+        return ref in self._queued_refs and any(
+            o.ref == ref and o.attempts == 0 for o in self._queue)
+
     def _insert(self, o: Outgoing) -> None:
         # Ordered insert: the queue is walked from the front on every release, and a
         # full sort per message would make a deep queue quadratic.

@@ -140,3 +140,21 @@ def test_a_receipt_that_overtook_its_id_waits_at_most_a_response_timeout():
     assert again is op and len(parking) == 0
     assert parking.park(again, unknown, True, now=6.0, wait=10.0)     # keeps its deadline
     assert parking.expired(10.0) == [op] and len(parking) == 0
+
+
+def test_only_the_sending_channel_expires(conn, settings, texts):
+    # Each channel sweeps with its own validity; the one not sending must not expire
+    # rows by a shorter one of its own.
+    from store import outbox
+    with conn:
+        old = outbox.queue_sms(conn, "site-1", PHONE, "Habari", NOW - 2 * 86400)
+    c = ctx(settings, texts)
+    with conn:
+        assert jobs.sweep(conn, c, NOW, frozenset(), False)["expired"] == 0
+    assert conn.execute("SELECT state FROM sms_outbox WHERE id = ?", (old,)).fetchone()[0] \
+        == "queued"
+    with conn:
+        assert jobs.sweep(conn, c, NOW, frozenset(), True)["expired"] == 1
+    assert conn.execute("SELECT state FROM sms_outbox WHERE id = ?", (old,)).fetchone()[0] \
+        == "expired"
+

@@ -151,3 +151,15 @@ def test_cancel_takes_a_queued_message_out_but_not_one_in_flight():
     assert refs(s.ready(1.0, 10)[0]) == ["p1"]
     s.enqueue("p2", {}, 1.0)                 # the ref is free again
     assert s.queued == 1
+
+
+def test_never_sent_is_only_a_message_no_smsc_can_have_seen():
+    s = Sender(rate=100.0, burst=10)
+    s.enqueue("a", {}, 0.0)
+    s.enqueue("b", {}, 0.0)
+    assert s.never_sent("a") and s.never_sent("b") and not s.never_sent("c")
+    out, _ = s.ready(0.0, window_free=1)                 # "a" written to the SMSC
+    assert refs(out) == ["a"] and not s.never_sent("a") and s.never_sent("b")
+    s.on_unanswered("a", 1.0, connection_lost=True)      # back in the queue: maybe seen
+    assert not s.never_sent("a")
+

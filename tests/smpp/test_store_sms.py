@@ -177,3 +177,12 @@ def test_an_operator_retry_sends_every_part_again(conn):
     [again] = S.sendable(conn, NOW + 60, held=(), limit=5, validity=DAY)
     assert (again.id, again.done_parts) == (sms_id, frozenset())
     assert receipt(conn, "c0").sms_id is None          # the old ids name nothing now
+
+
+def test_whole_only_leaves_a_partly_accepted_sms_to_the_channel_that_began_it(conn):
+    # The modems could only send it all again, from another sender address: torn.
+    a, b = queue(conn, "a"), queue(conn, "b")
+    accept(conn, b, 0, 2, "b0")
+    assert [r.id for r in S.sendable(conn, NOW, (), 10, 3600, True)] == [a]
+    assert [r.id for r in S.sendable(conn, NOW, (), 10, 3600)] == [a, b]
+
