@@ -142,7 +142,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def strict_loads(data: bytes | str) -> Any:
     """JSON as every language parses it alike: no NaN, no duplicate keys (parsers differ on
     which one wins, and that difference is where forged fields hide)."""
-    return json.loads(data, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    try:
+        return json.loads(data, parse_constant=_reject_constant,
+                          object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        # `[[[[...` deep enough exhausts the parser's stack: malformed, like any other
+        # bad JSON, rather than an exception no caller expects.
+        raise ValueError("JSON nested too deeply") from None
 
 
 # -- compression -----------------------------------------------------------------------------

@@ -328,6 +328,12 @@ class Executor:
         if isinstance(s, Send):
             a = begin_send(a, self.clock())
             await self.save(a)
+            if self.load is not None:
+                # A result relayed by the upstream may have settled it since it was read
+                # (it is applied outside this lock): then there is nothing to send.
+                fresh = await self.load(a.site, a.key)
+                if fresh is not None and fresh.state in TERMINAL_STATES:
+                    return fresh
             return await self._finish(*after_send(a, await self._send(a), self.clock(),
                                                   self.policy))
         if isinstance(s, Query):

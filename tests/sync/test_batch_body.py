@@ -293,3 +293,10 @@ def test_malformed_bodies_are_refused_with_a_reason(name):
     with pytest.raises(BatchError, match=reason) as e:
         decode_batch(_blob(body))
     assert str(e.value).startswith(("body: ", "header first/last"))
+
+
+def test_a_body_nested_past_the_parsers_stack_is_a_batch_error_not_a_crash():
+    raw = b"[" * 200_000 + b"]" * 200_000
+    blob = forge(header_for(raw, count=2, last=2), gzip.compress(raw, mtime=0), codec=2)
+    with pytest.raises(BatchError, match="nested too deeply"):
+        decode_batch(blob)

@@ -184,3 +184,23 @@ async def test_direct_mode_funds_a_loan_and_pays_it_out_once(fake, client, conn,
                                       "ORDER BY seq")]
     # The write-ahead is in the change log too: `unknown` before `sent`.
     assert ops[:4] == ["queued", "unknown", "sent", "succeeded"]
+
+
+async def test_a_b2c_settled_by_a_relayed_result_while_it_was_read_is_not_sent(fake, client):
+    """Direct mode: a relayed result is applied outside the executor's lock. If it settles
+    a B2C (queued again after a lost answer) between the executor reading the action and
+    sending it, the store's fresh word stops the send."""
+    a = replace(B2C, sends=1, note="answer lost")
+    book = Book(a)
+    loads = 0
+
+    async def load(site: str, key: str) -> Action | None:
+        nonlocal loads
+        loads += 1
+        if loads == 1:
+            return book.actions[key]
+        return replace(book.actions[key], state="succeeded", receipt="QK7XYZ1234")
+    ex = Executor(client, book.source, book.sink, save=book.save, load=load, policy=FAST)
+    done = await ex.step(a)
+    assert done.state == "succeeded" and loads == 2
+    assert [p for p, _ in fake.requests].count(df.B2C) == 0 and fake.payments == []
