@@ -143,10 +143,11 @@ class UpstreamStore:
         except InboundError as e:
             return log_event("result_not_sendable", key=r.key, error=str(e))
         with self.db:
-            if self.db.execute("INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?)",
-                               (site, seq, r.key, json.dumps(change))).rowcount:
+            added = self.db.execute("INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?)",
+                                    (site, seq, r.key, json.dumps(change))).rowcount > 0
+            if added:
                 self.db.execute("UPDATE sites SET inbound_seq = ? WHERE site = ?", (seq, site))
-        return True
+        return added
 
     def actions(self, site: str | None = None, key: str | None = None,
                 open_only: bool = False) -> list[Action]:

@@ -51,30 +51,32 @@ class DaemonProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> "DaemonProcess":
-        self._ready.clear()
+        # A fresh Event per run: a reader of an earlier process that is still draining
+        # can only ever set its own.
+        ready = self._ready = threading.Event()
         self.proc = subprocess.Popen(
             self.argv,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
             cwd=self.tmp)
-        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self.proc, ready),
+                                        daemon=True)
         self._reader.start()
-        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+        if not ready.wait(timeout) or self.proc.poll() is not None:
             self.kill()
             raise RuntimeError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
         return self
 
-    def _read(self, proc: subprocess.Popen) -> None:
-        # `proc is self.proc`: a killed process's reader may still be draining its pipe
-        # when the next start() has begun, and its EOF must not pass for the new one's
-        # readiness (a flake: start() returned before the restarted daemon listened).
+    def _read(self, proc: subprocess.Popen, ready: threading.Event) -> None:
+        # `ready` is this process's own: a killed process's reader may still be draining
+        # its pipe when the next start() has begun, and its EOF must not pass for the new
+        # one's readiness (a flake: start() returned before the restarted daemon listened).
         for line in proc.stdout:
             self.lines.append(line.rstrip("\n"))
-            if '"gatewayd_ready"' in line and proc is self.proc:
-                self._ready.set()
+            if '"gatewayd_ready"' in line:
+                ready.set()
             if self._waiters:
                 self._check_waiters()
-        if proc is self.proc:
-            self._ready.set()  # it exited: start() sees that at once instead of timing out
+        ready.set()  # it exited: start() sees that at once instead of timing out
 
     def wait_for_event(self, name: str, timeout: float = 20) -> dict:
         """Block until the daemon logs `name` (after the call) — an event, not a sleep."""
