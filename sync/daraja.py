@@ -291,13 +291,18 @@ def classify_stk_query(status: int, body: bytes) -> Outcome:
     return _refused(cls, desc, obj) or Unknown(desc)
 
 
+def accepted_conversation(obj: dict[str, Any]) -> Accepted:
+    """The acceptance of a request M-PESA answers later by ResultURL (a B2C, a
+    Transaction Status query): the ids it will name its result by."""
+    return Accepted(conversation_id=str(obj.get("ConversationID") or ""),
+                    originator_conversation_id=str(obj.get("OriginatorConversationID") or ""))
+
+
 def classify_b2c(status: int, body: bytes) -> Outcome:
     obj = _json(body)
     if status == 200 and obj and "ResponseCode" in obj:
         if _code(obj["ResponseCode"]) == "0":
-            return Accepted(conversation_id=str(obj.get("ConversationID") or ""),
-                            originator_conversation_id=str(obj.get("OriginatorConversationID")
-                                                           or ""))
+            return accepted_conversation(obj)
         return Failed(_code(obj["ResponseCode"]), str(obj.get("ResponseDescription", ""))[:256])
     cls, desc = _error(status, obj)
     if cls == "duplicate":

@@ -52,7 +52,6 @@ from __future__ import annotations
 from typing import Any
 
 from sync.daraja import (
-    Accepted,
     DarajaConfig,
     Failed,
     Outcome,
@@ -64,6 +63,7 @@ from sync.daraja import (
     _json,
     _refused,
     _url,
+    accepted_conversation,
 )
 
 STATUS_PATH = "/mpesa/transactionstatus/v1/query"
@@ -97,9 +97,7 @@ def classify_status(status: int, body: bytes) -> Outcome:
     obj = _json(body)
     if status == 200 and obj and "ResponseCode" in obj:
         if _code(obj["ResponseCode"]) == "0":
-            return Accepted(conversation_id=str(obj.get("ConversationID") or ""),
-                            originator_conversation_id=str(obj.get("OriginatorConversationID")
-                                                           or ""))
+            return accepted_conversation(obj)
         return Unknown(f"status query refused: {_code(obj['ResponseCode'])} "
                        f"{obj.get('ResponseDescription', '')}"[:256])
     cls, desc = _error(status, obj)
