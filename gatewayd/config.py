@@ -279,8 +279,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "command_id": Key(str, "BusinessPayment", "B2C CommandID.",
                           _choice("BusinessPayment", "SalaryPayment", "PromotionPayment")),
         "callback_base_url": Key(str, "", "The upstream's public relay, where Daraja posts "
-                                 "results: {this}/daraja/stk/<site>/<key> and "
-                                 "{this}/daraja/b2c/<site>/<key>/result (direct mode; the "
+                                 "results: {this}/daraja/stk/<site>/<key>/<token> and the "
+                                 "like (docs/sync-protocol.md section 11; direct mode: the "
                                  "box has no public address).", _url_or_empty),
         "first_query_seconds": Key(float, 20.0, "How long after an STK push the box first "
                                    "asks Daraja how it went (the villager needs time to "

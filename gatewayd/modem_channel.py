@@ -173,6 +173,7 @@ class ModemChannel:
 
     async def _feeder(self) -> None:
         last_seen, last_scan = -1, -math.inf
+        was_ours = False
         while True:
             # A few SMS per modem in memory: the rest wait in the outbox, where a
             # restart or an operator can see them.
@@ -180,6 +181,9 @@ class ModemChannel:
             now = trio.current_time()
             changed = self.store.stats.transactions != last_seen
             ours = self.route.sender(now) == MODEMS
+            if ours and not was_ours:
+                last_scan = -math.inf     # a takeover: what waits goes at once
+            was_ours = ours
             if ours and room > 0 and (changed or now - last_scan >= FEED_FULL_SCAN_SECONDS):
                 last_seen, last_scan = self.store.stats.transactions, now
                 try:

@@ -273,6 +273,10 @@ def decode_batch(data: bytes, site: str | None = None, max_raw: int = MAX_RAW) -
         rows = columns.decode(body, h["after"], h["count"])
     except columns.BodyError as e:
         raise BatchError(f"body: {e}") from None
+    except RecursionError:
+        # A value nested a few hundred deep parses, but copying it when a later record
+        # inherits it recurses past the stack: malformed, like any other bad body.
+        raise BatchError("body: a value is nested too deeply") from None
     # Deltas >= 1 from `after` make the seqs rise; the header must name the same range.
     if rows[0][0] != h["first"] or rows[-1][0] != h["last"]:
         raise BatchError("header first/last do not match the records")

@@ -11,10 +11,13 @@ prints {"event": "listening", "url": ..., "port": N}. It serves
     POST /v1/sites/{site}/batches?inbound_after=N    a box pushes a batch (6.1)
     GET  /v1/sites/{site}/inbound?after=N            a box asks for its inbound changes
     GET  /v1/sites/{site}/state                      counts for tests (unsigned: keep local)
-    POST /daraja/stk/{site}/{key}, /daraja/b2c/{site}/{key}/result|timeout,
-         /daraja/status/{site}/{key}/result|timeout  Daraja's callbacks for each action
+    POST /daraja/stk/{site}/{key}/{token},
+         /daraja/b2c/{site}/{key}/{token}/result|timeout,
+         /daraja/status/{site}/{key}/{token}/result|timeout
+                                                     Daraja's callbacks for each action
                                                      (status: the Transaction Status
-                                                     verdict on a B2C): run here, or
+                                                     verdict on a B2C), refused without
+                                                     the action's token: run here, or
                                                      relayed to the box
 
 and with --pull it also polls a box's own sync API (6.2). An `mpesa_action` record in
@@ -284,6 +287,10 @@ class UpstreamSim:
             except (httpx.HTTPError, auth.AuthError, BatchError, SyncConflict, ValueError,
                     KeyError) as e:
                 log_event("pull_failed", site=site, error=str(e))
+            except Exception as e:  # noqa: BLE001
+                # One box's bad answer must not end the pulls of every other site (nor
+                # the HTTP server beside them): log it and try again next round.
+                log_event("pull_failed", site=site, error=f"{type(e).__name__}: {e}")
             if not more:
                 await trio.sleep(interval)
 

@@ -109,6 +109,8 @@ class Esme:
                 bad_credentials = await self._serve(stream)
             if self._stopping:
                 break
+            for e in self.sender.expire_due(self.clock()):
+                self._emit(e)
             with trio.CancelScope() as self._idle_scope:
                 await trio.sleep(self.backoff.next_delay(bad_credentials))
             self._idle_scope = None

@@ -126,6 +126,18 @@ class Sender:
         self._queued_refs.discard(ref)
         return True
 
+    def expire_due(self, now: float) -> list[Expired]:
+        """Take out what is past its expiry. `ready` does it while bound; the client also
+        asks between connection attempts, so that an SMSC gone for days does not keep
+        villagers' SMS queued here, past their validity, in nobody's hands."""
+        expired = [Expired(o.ref, o.attempts) for o in self._queue
+                   if o.expires_at is not None and o.expires_at <= now]
+        if expired:
+            gone = {e.ref for e in expired}
+            self._queue = [o for o in self._queue if o.ref not in gone]
+            self._queued_refs -= gone
+        return expired
+
     def never_sent(self, ref: Hashable) -> bool:
         """Queued and never written to an SMSC: another channel may have it instead. (A
         message back in the queue after an unanswered try may have reached the SMSC.)"""
@@ -141,12 +153,7 @@ class Sender:
     def ready(self, now: float, window_free: int) -> tuple[list[Outgoing], list[Expired]]:
         """What to send now (given the session's free window), and what expired."""
         self._refill(now)
-        expired = [Expired(o.ref, o.attempts) for o in self._queue
-                   if o.expires_at is not None and o.expires_at <= now]
-        if expired:
-            gone = {e.ref for e in expired}
-            self._queue = [o for o in self._queue if o.ref not in gone]
-            self._queued_refs -= gone
+        expired = self.expire_due(now)
         out: list[Outgoing] = []
         if now < self.paused_until:
             return out, expired

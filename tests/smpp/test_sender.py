@@ -163,3 +163,14 @@ def test_never_sent_is_only_a_message_no_smsc_can_have_seen():
     s.on_unanswered("a", 1.0, connection_lost=True)      # back in the queue: maybe seen
     assert not s.never_sent("a")
 
+
+
+def test_expire_due_takes_out_what_is_past_its_expiry_without_a_bind():
+    # Between connection attempts nothing calls ready(): SMS past their validity must
+    # still come out (and be recorded expired), not wait for an SMSC that is gone.
+    s = Sender(rate=100.0, burst=10)
+    s.enqueue("old", {}, 0.0, expires_at=10.0)
+    s.enqueue("new", {}, 0.0, expires_at=100.0)
+    assert [e.ref for e in s.expire_due(50.0)] == ["old"]
+    assert s.queued == 1 and s.never_sent("new")
+    assert s.expire_due(50.0) == []

@@ -282,3 +282,25 @@ async def test_enquire_link_keeps_the_bind_and_a_hung_smsc_is_left(smsc):
         closed = await until(esme, Closed)
         assert closed.reason == "enquire_link_resp missed"
         await until(esme, Bound)                             # a fresh connection
+
+
+async def test_with_no_smsc_at_all_a_message_past_its_expiry_still_comes_out_expired():
+    # Nothing listens: the client never binds, so `ready` never runs. Between its
+    # connection attempts it expires what is due, so the SMS is recorded expired
+    # instead of waiting, past its validity, for an SMSC that may be gone for days.
+    import socket
+
+    from gatewayd.smpp.sender import Expired
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    esme = Esme("127.0.0.1", port, config(),
+                backoff=Backoff(initial=0.01, maximum=0.05, jitter=0.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(esme.run)
+        esme.submit(("sms", 1, 0, 1), {"destination_addr": "254712345678",
+                                       "short_message": b"Habari"},
+                    expires_at=trio.current_time() + 0.2)
+        expired = await until(esme, Expired)
+        assert expired.ref == ("sms", 1, 0, 1) and expired.attempts == 0
+        nursery.cancel_scope.cancel()

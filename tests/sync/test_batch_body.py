@@ -21,6 +21,7 @@ from sync.batch import (
     canonical_json,
     decode_batch,
     encode_batch,
+    next_batch,
 )
 from tests.sync.helpers import SITE, forge, header_for, records
 
@@ -300,3 +301,16 @@ def test_a_body_nested_past_the_parsers_stack_is_a_batch_error_not_a_crash():
     blob = forge(header_for(raw, count=2, last=2), gzip.compress(raw, mtime=0), codec=2)
     with pytest.raises(BatchError, match="nested too deeply"):
         decode_batch(blob)
+
+
+
+def test_an_inherited_value_nested_past_the_stack_is_a_batch_error():
+    # 500 deep parses, but the second record inherits it and copying it recurses.
+    v: object = 1
+    for _ in range(500):
+        v = [v]
+    recs = [Record(1, "note", "k1", "upsert", {"x": v}, 1764316800.0),
+            Record(2, "note", "k1", "upsert", {"x": v, "y": 1}, 1764316801.0)]
+    b = next_batch(recs, SITE, 0, codec="gzip")
+    with pytest.raises(BatchError, match="nested too deeply"):
+        decode_batch(b.wire, SITE)
