@@ -333,6 +333,9 @@ class Executor:
                 # (it is applied outside this lock): then there is nothing to send.
                 fresh = await self.load(a.site, a.key)
                 if fresh is not None and fresh.state in TERMINAL_STATES:
+                    # The write-ahead said "sending": say what happened instead.
+                    fresh = replace(fresh, note="settled before it was sent")
+                    await self.save(fresh)
                     return fresh
             return await self._finish(*after_send(a, await self._send(a), self.clock(),
                                                   self.policy))

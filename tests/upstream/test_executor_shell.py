@@ -203,4 +203,5 @@ async def test_a_b2c_settled_by_a_relayed_result_while_it_was_read_is_not_sent(f
     ex = Executor(client, book.source, book.sink, save=book.save, load=load, policy=FAST)
     done = await ex.step(a)
     assert done.state == "succeeded" and loads == 2
+    assert book.actions[a.key].note == "settled before it was sent"
     assert [p for p, _ in fake.requests].count(df.B2C) == 0 and fake.payments == []
